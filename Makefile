@@ -1,0 +1,26 @@
+# Two entry points for a fresh machine: `make figures` (main job) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/stream-mla: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: setup figures models test lint
+setup: $(BIN)/stream-mla
+
+## Main job. Until the figures exist it regenerates the reference ONNX workloads.
+figures: models
+
+models: setup
+	$(BIN)/stream-mla export --reference-set
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .

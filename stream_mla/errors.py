@@ -1,0 +1,15 @@
+"""One error type for bad user input: the CLI prints it as one line and exits with code 2."""
+
+import pydantic
+
+
+class SpecError(ValueError):
+    """Invalid user input; the message names the field and the allowed values."""
+
+
+def first_error(exc: pydantic.ValidationError, prefix: str = "") -> SpecError:
+    """Turn pydantic's multi-line report into one line naming the first bad field."""
+    err = exc.errors()[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    field = ".".join(str(p) for p in err["loc"])  # empty for cross-field checks, whose message names the fields
+    return SpecError(f"{prefix}{field}: {msg}" if field else f"{prefix}{msg}")
