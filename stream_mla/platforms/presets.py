@@ -1,0 +1,99 @@
+"""The five platform presets of attention-schemes.md §10.
+
+Peak MAC/s, clock, total on-chip SRAM, DRAM GB/s and the pJ values follow the §10 table ("MB" = 1e6 B, "MiB" =
+2**20 B, as the table writes them). Unlisted knobs (SRAM port width, RF depth, vector unit, links) are modelling
+choices, marked below.
+
+GPU-like parts are modelled as a few large clusters: Stream's wall time explodes past 16 compute cores, so an
+H100's 132 SMs become 8 clusters (one per GPC, 16.5 SMs = 128×264 MACs each) and an H20 becomes 8 clusters of 64×128.
+Each keeps the part's total peak MAC/s, DRAM bandwidth and on-chip memory (L2 split evenly over the clusters).
+"""
+
+from stream_mla.platforms.spec import PlatformSpec
+
+_COMMERCIAL_PJ = {"mac_pj": 0.3, "rf_pj_per_bit": 0.02, "sram_pj_per_bit": 0.3, "dram_pj_per_bit": 4.0}  # (A)
+
+PRESETS: dict[str, PlatformSpec] = {
+    p.name: p
+    for p in (
+        # FLAT/ZigZag-LLM edge template: 32×32 @ 250 MHz, 2 MB buffer, 8 GB/s at 25 pJ/bit (template fields).
+        PlatformSpec(
+            name="edge-npu",
+            clock_ghz=0.25,
+            cores=1,
+            rows=32,
+            cols=32,
+            mac_pj=1.5,
+            sram_bytes=2 * 10**6,
+            sram_bits_per_cycle=2048,
+            sram_pj_per_bit=1.0,
+            rf_pj_per_bit=0.025,
+            vector_lanes=32,
+            vector_pj_per_op=1.5,
+            dram_gb_s=8,
+            dram_pj_per_bit=25.0,
+            link_bits_per_cycle=1024,
+        ),
+        # FLAT/FuseMax cloud accelerator: 256×256 @ 940 MHz, 32 MB at 8 TB/s (= 68,085 bits/cycle), 400 GB/s.
+        PlatformSpec(
+            name="cloud-fusemax",
+            clock_ghz=0.94,
+            cores=1,
+            rows=256,
+            cols=256,
+            mac_pj=1.5,
+            sram_bytes=32 * 10**6,
+            sram_bits_per_cycle=68085,
+            sram_pj_per_bit=1.0,
+            rf_pj_per_bit=0.025,
+            vector_lanes=256,
+            vector_pj_per_op=1.5,
+            dram_gb_s=400,
+            dram_pj_per_bit=10.0,
+        ),
+        # TPU v5e: four 128×128 MXUs @ 1.5 GHz, 819 GB/s; 64 MiB on-chip (A) = 16 MiB per MXU core.
+        PlatformSpec(
+            name="tpu-v5e-like",
+            clock_ghz=1.5,
+            cores=4,
+            rows=128,
+            cols=128,
+            sram_bytes=16 * 2**20,
+            sram_bits_per_cycle=16384,
+            vector_lanes=1024,
+            vector_pj_per_op=0.5,
+            dram_gb_s=819,
+            **_COMMERCIAL_PJ,
+        ),
+        # H100 SXM5: 132 SMs × 2,048 MACs @ 1.83 GHz = 989.4 TFLOP/s, 3.35 TB/s, 50 MB L2 -> 8 clusters.
+        PlatformSpec(
+            name="h100-like",
+            clock_ghz=1.83,
+            cores=8,
+            rows=128,
+            cols=264,
+            sram_bytes=50 * 10**6 // 8,
+            sram_bits_per_cycle=32768,
+            vector_lanes=2048,
+            vector_pj_per_op=0.5,
+            dram_gb_s=3350,
+            link_bits_per_cycle=8192,
+            **_COMMERCIAL_PJ,
+        ),
+        # H20: 148 TFLOP/s = 65,536 MACs (A) @ 1.129 GHz, 4.0 TB/s, 60 MB L2 -> 8 clusters.
+        PlatformSpec(
+            name="h20-like",
+            clock_ghz=1.129,
+            cores=8,
+            rows=64,
+            cols=128,
+            sram_bytes=60 * 10**6 // 8,
+            sram_bits_per_cycle=16384,
+            vector_lanes=1024,
+            vector_pj_per_op=0.5,
+            dram_gb_s=4000,
+            link_bits_per_cycle=8192,
+            **_COMMERCIAL_PJ,
+        ),
+    )
+}

@@ -1,0 +1,152 @@
+"""A hardware platform as one validated record, loadable from a short user YAML.
+
+Units: clock in GHz, sizes in bytes, bandwidths in bits/cycle (DRAM in GB/s, 1 GB = 1e9 B), energies in pJ.
+The engines know no clock (engines.md trap 6): every engine-facing number is derived here, once.
+"""
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from stream_mla.errors import SpecError, first_error
+
+Precision = Literal["bf16", "fp32", "int8", "fp8"]
+BYTES_PER_ELEMENT: dict[str, int] = {"bf16": 2, "fp32": 4, "int8": 1, "fp8": 1}
+# Stream's operand_precision only knows ELEMENT_BITS names (no fp8): fp8 is priced as an 8-bit type.
+STREAM_ELEMENT: dict[str, str] = {"bf16": "bf16", "fp32": "fp32", "int8": "int8", "fp8": "int8"}
+ACCUMULATOR: dict[str, str] = {"bf16": "fp32", "fp32": "fp32", "int8": "int32", "fp8": "fp32"}
+MAX_CORES = 16  # Stream's MILP wall time explodes past 16 compute cores (engines.md §7)
+SOFTMAX_ROW_BYTES = 32768 * 4  # one softmax row of 32k fp32 scores
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)\s*$")
+
+
+def _parse_bytes(value: Any) -> Any:
+    """Accept an integer or a string like '2 MiB' / '32 MB' (MB = 1e6 B, MiB = 2**20 B)."""
+    if not isinstance(value, str):
+        return value
+    m = _SIZE_RE.match(value.lower())
+    if not m or m.group(2) not in _UNITS:
+        raise ValueError(f"expected bytes as an integer or a size like '2 MiB' or '32 MB', got {value!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+Bytes = Annotated[int, BeforeValidator(_parse_bytes), Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+def bits_per_cycle(gb_per_s: float, clock_ghz: float) -> int:
+    """GB/s -> whole bits/cycle (engines need integers): rounded to nearest, at least 1."""
+    return max(1, round(gb_per_s * 8 / clock_ghz))
+
+
+class PlatformSpec(BaseModel):
+    """One accelerator: `cores` identical matrix cores, one vector core and off-chip DRAM."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="platform name, also the generated file stem")
+    clock_ghz: PosFloat = Field(description="core clock f in GHz; converts GB/s to bits/cycle and cycles to s")
+    cores: int = Field(ge=1, le=MAX_CORES, description=f"matrix cores (Stream compute cores), 1..{MAX_CORES}")
+    rows: int = Field(gt=0, description="PE array rows per core (spatial dim D1, output channels K)")
+    cols: int = Field(gt=0, description="PE array columns per core (spatial dim D2, reduction C)")
+    precision: Precision = Field("bf16", description="native operand type: bf16, fp32, int8 or fp8")
+    mac_pj: NonNegFloat = Field(description="energy per MAC in pJ")
+    sram_bytes: Bytes = Field(description="SRAM per matrix core in bytes (int, or '16 MiB' / '32 MB')")
+    sram_bits_per_cycle: int = Field(gt=0, description="SRAM port width per core in bits/cycle")
+    sram_pj_per_bit: NonNegFloat = Field(description="SRAM access energy in pJ/bit")
+    rf_weight_words: int = Field(1, gt=0, description="weight register words per PE (deeper -> fewer SRAM stalls)")
+    rf_output_words: int = Field(1, gt=0, description="partial-sum register words per PE (accumulator width)")
+    rf_pj_per_bit: NonNegFloat = Field(description="register-file access energy in pJ/bit")
+    vector_lanes: int = Field(256, gt=0, description="vector-unit lanes (fp32 ops/cycle)")
+    vector_sram_bytes: Bytes = Field(
+        32 * SOFTMAX_ROW_BYTES,
+        description="vector-unit SRAM in bytes; default 4 MiB holds 32 softmax rows of 32k fp32 scores "
+        "(512 KiB made MLA decode at L=32768 infeasible, engines.md §3)",
+    )
+    vector_pj_per_op: NonNegFloat = Field(0.5, description="energy per vector-lane op in pJ")
+    dram_gb_s: PosFloat = Field(description="DRAM bandwidth in GB/s (1e9 B/s)")
+    dram_pj_per_bit: NonNegFloat = Field(description="DRAM access energy in pJ/bit")
+    link_bits_per_cycle: int = Field(4096, gt=0, description="on-chip core-to-core link width in bits/cycle")
+    link_pj_per_bit: NonNegFloat = Field(0.1, description="on-chip link energy in pJ/bit")
+    static_power_w: NonNegFloat = Field(0.0, description="static power in W; engines report dynamic energy only")
+
+    # --- derived numbers (the engines see only these) ---
+    @property
+    def bytes_per_element(self) -> int:
+        return BYTES_PER_ELEMENT[self.precision]
+
+    @property
+    def element_bits(self) -> int:
+        return 8 * self.bytes_per_element
+
+    @property
+    def accumulator(self) -> str:
+        return ACCUMULATOR[self.precision]
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        return self.cores * self.rows * self.cols
+
+    @property
+    def peak_mac_per_s(self) -> float:
+        return self.peak_macs_per_cycle * self.clock_ghz * 1e9
+
+    @property
+    def peak_flop_per_s(self) -> float:
+        return 2 * self.peak_mac_per_s
+
+    @property
+    def dram_bytes_per_s(self) -> float:
+        return self.dram_gb_s * 1e9
+
+    @property
+    def dram_bits_per_cycle(self) -> int:
+        """GB/s × 8 / f_GHz rounded to the nearest integer (engine ports take whole bits); ≤ 0.02 % off for presets."""
+        return bits_per_cycle(self.dram_gb_s, self.clock_ghz)
+
+    @property
+    def ridge_flop_per_byte(self) -> float:
+        """Roofline ridge from the exact GB/s (not the rounded bits/cycle)."""
+        return self.peak_flop_per_s / self.dram_bytes_per_s
+
+    @property
+    def total_sram_bytes(self) -> int:
+        return self.cores * self.sram_bytes
+
+    def seconds(self, cycles: float) -> float:
+        return cycles / (self.clock_ghz * 1e9)
+
+    def static_energy_pj(self, cycles: float) -> float:
+        """P_static × t, in pJ (engines.md trap 7)."""
+        return self.static_power_w * self.seconds(cycles) * 1e12
+
+    # --- loading ---
+    @classmethod
+    def validate_fields(cls, fields: dict[str, Any], source: str) -> "PlatformSpec":
+        """Build from a dict; any error becomes one SpecError line naming the field."""
+        try:
+            return cls(**fields)
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            if err["type"] == "extra_forbidden":  # list the allowed names, not just "extra inputs not permitted"
+                allowed = ", ".join(cls.model_fields)
+                raise SpecError(f"{source}: {err['loc'][0]}: unknown field (allowed: {allowed})") from None
+            raise first_error(exc, prefix=f"{source}: ") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PlatformSpec":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise SpecError(f"{path}: cannot read platform YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"{path}: a platform YAML must be a mapping of field: value")
+        return cls.validate_fields({"name": path.stem, **raw}, str(path))

@@ -1,0 +1,107 @@
+"""Analytic counts read off an exported graph (attention-schemes.md §2 accounting rules).
+
+- MACs: MatMul only, prod(output shape) x reduction width; every other op is vector work (zero MACs).
+- DRAM bytes, per step: every weight once (rank >= 2 floating initializers, whether a MatMul reads it directly
+  or through a layout view), every KV-cache input once, the cache write (tensors the exporter marked, times
+  their per-head copies), and activations in/out (x and the output). Intermediates stay on-chip.
+- Prefill: `macs_causal` applies the exact causal factor (S+1)/(2S) to the S x S nodes the exporter marked.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from stream_mla.workloads.graph import META_PREFIX
+
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8)
+
+
+def _dims(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
+    return tuple(d.dim_value for d in vi.type.tensor_type.shape.dim)
+
+
+def metadata(model: onnx.ModelProto) -> dict:
+    return {p.key.removeprefix(META_PREFIX): json.loads(p.value) for p in model.metadata_props
+            if p.key.startswith(META_PREFIX)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Roofline:
+    compute_s: float
+    memory_s: float
+
+    @property
+    def bound_s(self) -> float:
+        return max(self.compute_s, self.memory_s)
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_s >= self.memory_s else "memory"
+
+
+def count(model: onnx.ModelProto) -> dict:
+    """The `stream-mla count --json` document for one graph."""
+    meta = metadata(model)
+    if "bytes_per_element" not in meta:
+        raise ValueError("not a stream-mla graph (no stream_mla.* metadata); export it with `stream-mla export`")
+    p = meta["bytes_per_element"]
+    g = model.graph
+    shapes = {vi.name: _dims(vi) for vi in (*g.input, *g.value_info, *g.output)}
+    shapes.update({t.name: tuple(t.dims) for t in g.initializer})
+    weights = {t.name for t in g.initializer if len(t.dims) >= 2}
+    caches = [i.name for i in g.input if i.name != "x"]
+    causal = set(meta.get("causal_nodes", []))
+    phase = meta["phase"]
+    seq = shapes["x"][1]
+    causal_factor = (seq + 1, 2 * seq)  # exact: S(S+1)/2 of the S^2 query-key pairs
+
+    nodes, macs, macs_causal = [], 0, 0
+    for n in g.node:
+        node_macs = 0
+        if n.op_type == "MatMul":
+            node_macs = math.prod(shapes[n.output[0]]) * shapes[n.input[0]][-1]
+        node_causal = node_macs * causal_factor[0] // causal_factor[1] if n.name in causal else node_macs
+        macs += node_macs
+        macs_causal += node_causal
+        nodes.append({"name": n.name, "op": n.op_type, "macs": node_macs, "macs_causal": node_causal,
+                      "flops": 2 * node_macs, "output_shape": list(shapes.get(n.output[0], ()))})  # fmt: skip
+
+    numel = {name: math.prod(shape) for name, shape in shapes.items()}
+    elems = {
+        "weights": sum(numel[w] for w in weights),
+        "kv_read": sum(numel[c] for c in caches),
+        "kv_write": sum(numel[t] * copies for t, copies in meta.get("kv_write", [])),
+        "activations": numel["x"] + numel[g.output[0].name],
+    }
+    byte_counts = {k: v * p for k, v in elems.items()}
+    byte_counts["total"] = sum(byte_counts.values())
+    return {
+        "graph": g.name,
+        "phase": phase,
+        "spec": meta.get("spec"),
+        "bytes_per_element": p,
+        "macs": macs,
+        "macs_causal": macs_causal,
+        "flops": 2 * macs,
+        "elements": elems,
+        "bytes": byte_counts,
+        "operational_intensity": 2 * macs / byte_counts["total"],
+        "nodes": nodes,
+    }
+
+
+def count_file(path: str | Path) -> dict:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises several types for unreadable files
+        raise ValueError(f"{path}: not a readable ONNX file ({exc.__class__.__name__})") from None
+    return count(model)
+
+
+def roofline(counts: dict, peak_mac_per_s: float, dram_bytes_per_s: float, causal: bool = False) -> Roofline:
+    """T = max(MACs / peak, bytes / bandwidth) (§2)."""
+    macs = counts["macs_causal"] if causal else counts["macs"]
+    return Roofline(compute_s=macs / peak_mac_per_s, memory_s=counts["bytes"]["total"] / dram_bytes_per_s)
