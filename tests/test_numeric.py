@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-import reference
 from stream_mla.models import ModelSpec
 from stream_mla.workloads import BASELINES, MLA_SCHEMES, build, make_spec
 from stream_mla.workloads.counts import metadata
 from stream_mla.workloads.weights import canonical_weights
+
+import reference
 
 SEED = 7
 

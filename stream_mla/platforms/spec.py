@@ -6,16 +6,15 @@ The engines know no clock (engines.md trap 6): every engine-facing number is der
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import pydantic
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from stream_mla.errors import SpecError, first_error
+from stream_mla.models import BYTES_PER_ELEMENT, Precision
 
-Precision = Literal["bf16", "fp32", "int8", "fp8"]
-BYTES_PER_ELEMENT: dict[str, int] = {"bf16": 2, "fp32": 4, "int8": 1, "fp8": 1}
 # Stream's operand_precision only knows ELEMENT_BITS names (no fp8): fp8 is priced as an 8-bit type.
 STREAM_ELEMENT: dict[str, str] = {"bf16": "bf16", "fp32": "fp32", "int8": "int8", "fp8": "int8"}
 ACCUMULATOR: dict[str, str] = {"bf16": "fp32", "fp32": "fp32", "int8": "int32", "fp8": "fp32"}

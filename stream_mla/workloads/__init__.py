@@ -8,7 +8,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator, model_validator
 
 from stream_mla.errors import SpecError, first_error
-from stream_mla.models import ModelSpec, Precision
+from stream_mla.models import ModelSpec
 from stream_mla.workloads import schemes
 from stream_mla.workloads.graph import GraphBuilder
 from stream_mla.workloads.weights import graph_factors
@@ -43,7 +43,7 @@ class WorkloadSpec(BaseModel):
     @model_validator(mode="after")
     def _applies(self) -> "WorkloadSpec":
         if self.scheme in MLA_SCHEMES and not self.model.is_mla:
-            raise ValueError(f"scheme {self.scheme} needs an MLA model (kv_lora_rank set); {self.model.name} has none")
+            raise ValueError(f"scheme {self.scheme} needs an MLA model (kv_lora_rank set), {self.model.name} has none")
         if self.kv_heads is not None and (self.scheme != "gqa" or self.model.heads % self.kv_heads):
             raise ValueError(f"kv_heads={self.kv_heads} applies to scheme gqa only and must divide {self.model.heads}")
         return self
@@ -68,14 +68,15 @@ class WorkloadSpec(BaseModel):
         """File stem, e.g. deepseek-v3_mla-absorb_decode_b1_l4096_bf16."""
         axis = "l" if self.phase == "decode" else "s"
         kv = f"_kv{self.group_kv_heads}" if self.scheme == "gqa" else ""
-        return f"{self.model.name}_{self.scheme}{kv}_{self.phase}_b{self.batch}_{axis}{self.context}_{self.model.precision}"
+        m = self.model
+        return f"{m.name}_{self.scheme}{kv}_{self.phase}_b{self.batch}_{axis}{self.context}_{m.precision}"
 
 
 def make_spec(**fields) -> WorkloadSpec:
     try:
         return WorkloadSpec(**fields)
     except pydantic.ValidationError as exc:
-        raise first_error(exc) from None
+        raise first_error(exc, as_flags=True) from None
 
 
 def build(spec: WorkloadSpec, seed: int | None = None) -> onnx.ModelProto:

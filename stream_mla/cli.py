@@ -1,0 +1,133 @@
+"""The `stream-mla` command line: export and count workloads, write platform YAMLs.
+
+Bad input ends with one line on stderr naming the field, and exit code 2.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stream_mla.errors import SpecError
+from stream_mla.models import BYTES_PER_ELEMENT, resolve
+from stream_mla.workloads import ALIASES, SCHEMES, export, make_spec, reference_set
+from stream_mla.workloads.counts import count_file, roofline
+
+PROG = "stream-mla"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="deepseek-v3", help="preset: deepseek-v3, deepseek-v2, deepseek-v2-lite")
+    p.add_argument("--hf-config", metavar="PATH", help="a Hugging Face config.json instead of a preset")
+    p.add_argument("--scheme", default="mla-absorb", help=f"one of {', '.join(SCHEMES + tuple(ALIASES))}")
+    p.add_argument("--phase", default="decode", help="decode (one new token, context L) or prefill (S tokens)")
+    p.add_argument("--batch", type=int, default=1, help="B")
+    p.add_argument("--context", type=int, default=4096, help="L for decode, S for prefill")
+    p.add_argument("--precision", default=None, help=f"one of {', '.join(BYTES_PER_ELEMENT)} (default bf16)")
+    p.add_argument("--kv-heads", type=int, default=None, help="gqa: K/V heads (default: the model's)")
+
+
+def workload_from_args(args: argparse.Namespace, default_precision: str | None = None):
+    model = resolve(args.model, args.hf_config)
+    args.precision = args.precision or default_precision
+    if args.precision is not None:
+        if args.precision not in BYTES_PER_ELEMENT:
+            raise SpecError(f"--precision: {args.precision!r} (allowed: {', '.join(BYTES_PER_ELEMENT)})")
+        model = model.model_copy(update={"precision": args.precision})
+    return make_spec(model=model, scheme=args.scheme, phase=args.phase, batch=args.batch, context=args.context,
+                     kv_heads=args.kv_heads)  # fmt: skip
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    if args.reference_set:
+        files = reference_set.write(args.out or "onnx_models", progress=not args.quiet)
+        print(f"wrote {len(files)} files to {args.out or 'onnx_models'}")
+        return
+    if args.weights not in ("none", "random"):
+        raise SpecError(f"--weights: {args.weights!r} (allowed: none, random)")
+    if args.weights == "random" and args.seed is None:
+        raise SpecError("--seed: required with --weights random")
+    spec = workload_from_args(args, default_precision="fp32" if args.weights == "random" else None)
+    out = Path(args.output or f"{spec.slug}.onnx")
+    export(spec, out, seed=args.seed if args.weights == "random" else None)
+    print(out)
+
+
+def cmd_count(args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    if not path.is_file():
+        raise SpecError(f"FILE: no such file {path}")
+    try:
+        c = count_file(path)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    if args.platform:
+        from stream_mla.platforms import load_platform
+
+        plat = load_platform(args.platform)
+        r = roofline(c, plat.peak_mac_per_s, plat.dram_bytes_per_s, causal=args.causal)
+        c["roofline"] = {"platform": plat.name, "ridge_flop_per_byte": plat.ridge_flop_per_byte, "bound": r.bound,
+                         "compute_s": r.compute_s, "memory_s": r.memory_s, "bound_s": r.bound_s}  # fmt: skip
+    if args.json:
+        print(json.dumps(c, indent=1))
+        return
+    b = c["bytes"]
+    print(f"{c['graph']}: {c['macs']:,} MACs ({c['macs_causal']:,} causal), OI {c['operational_intensity']:.2f} FLOP/B")
+    print("DRAM bytes: " + ", ".join(f"{k} {v:,}" for k, v in b.items()))
+    if "roofline" in c:
+        r = c["roofline"]
+        print(f"roofline on {r['platform']}: {r['bound_s'] * 1e3:.4g} ms, {r['bound']}-bound")
+    for n in c["nodes"]:
+        if n["macs"]:
+            print(f"  {n['name']:<16} {n['op']:<8} {n['macs']:>16,}")
+
+
+def cmd_platforms(args: argparse.Namespace) -> None:
+    from stream_mla.platforms import PRESETS, write_all
+
+    if args.write:
+        files = write_all(Path(args.root))
+        print(f"wrote {len(files)} files under {args.root}")
+        return
+    for p in PRESETS.values():
+        print(f"{p.name:<14} {p.peak_flop_per_s / 1e12:8.1f} TFLOP/s {p.dram_gb_s:7.0f} GB/s "
+              f"ridge {p.ridge_flop_per_byte:6.1f} FLOP/B")  # fmt: skip
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="write one attention layer as ONNX (or the reference set)")
+    add_model_args(ex)
+    ex.add_argument("-o", "--output", help="output .onnx (default <slug>.onnx)")
+    ex.add_argument("--weights", default="none", help="none (shapes mode, data-less weights) or random")
+    ex.add_argument("--seed", type=int, default=None, help="seed of the random canonical weights")
+    ex.add_argument("--reference-set", action="store_true", help="regenerate the onnx_models/ grid")
+    ex.add_argument("--out", help="folder for --reference-set (default onnx_models)")
+    ex.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ex.set_defaults(func=cmd_export)
+    co = sub.add_parser("count", help="MACs, DRAM bytes and roofline of an exported graph")
+    co.add_argument("file", metavar="FILE")
+    co.add_argument("--json", action="store_true")
+    co.add_argument("--platform", help="preset name or platform YAML: adds the roofline bound")
+    co.add_argument("--causal", action="store_true", help="roofline with causal prefill MACs")
+    co.set_defaults(func=cmd_count)
+    pl = sub.add_parser("platforms", help="list platform presets, or write their engine YAMLs")
+    pl.add_argument("--write", action="store_true", help="regenerate accelerators/ and mappings/")
+    pl.add_argument("--root", default=".", help="folder holding accelerators/ and mappings/")
+    pl.set_defaults(func=cmd_platforms)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SpecError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The closed forms of attention-schemes.md §3, §4.1, §5, §6, typed in from the spec, independently of the
+graphs: the oracle the analytic counter is checked against. Elements, not bytes."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Forms:
+    macs: int
+    weights: int
+    kv_read: int
+    kv_write: int
+    activations: int
+
+
+def dims(m):
+    return (
+        m.d_model,
+        m.heads,
+        m.q_lora_rank,
+        m.q_in,
+        m.kv_lora_rank,
+        m.qk_nope_head_dim,
+        m.qk_rope_head_dim,
+        m.v_head_dim,
+    )
+
+
+def w_mha(m, n_kv):
+    d, h, dh = m.d_model, m.heads, m.d_h
+    return d * (h + 2 * n_kv) * dh + h * dh * d
+
+
+def w_f(m):
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    return d * dq + q_in * h * (dn + dr) + d * (dc + dr) + h * dc * (dn + dv) + h * dv * d
+
+
+def w_m(m):
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    return d * dq + q_in * h * (dc + dr) + d * (dc + dr) + h * dc * d
+
+
+def per_step_merge(m):
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    return h * (q_in * dn * dc + dc * dv * d)
+
+
+def decode(m, scheme, B, L, n_kv=None):
+    """§3 and §5: MACs and DRAM elements per layer and decode step."""
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    act = 2 * B * d
+    if scheme in ("mha", "gqa", "mqa"):
+        n_kv = n_kv or h
+        return Forms(B * (w_mha(m, n_kv) + 2 * h * L * m.d_h), w_mha(m, n_kv), B * L * 2 * n_kv * m.d_h,
+                     B * 2 * n_kv * m.d_h, act)  # fmt: skip
+    lat = dc + dr
+    if scheme == "mla-naive":
+        e = h * (dn + dr + dv)
+        return Forms(B * (w_f(m) + h * L * (dn + dr + dv)), w_f(m), B * L * e, B * e, act)
+    if scheme == "mla-absorb":
+        return Forms(B * (w_f(m) + h * L * (2 * dc + dr)), w_f(m), B * L * lat, B * lat, act)
+    if scheme == "mla-recompute":
+        macs = B * (w_f(m) + (L - 1) * h * dc * (dn + dv) + h * L * (dn + dr + dv))
+        return Forms(macs, w_f(m), B * L * lat, B * lat, act)
+    if scheme == "mla-merged":
+        return Forms(B * (w_m(m) + h * L * (2 * dc + dr)), w_m(m), B * L * lat, B * lat, act)
+    if scheme == "mla-merged-per-step":
+        return Forms(B * (w_m(m) + h * L * (2 * dc + dr)) + per_step_merge(m), w_f(m), B * L * lat, B * lat, act)
+    raise KeyError(scheme)
+
+
+def prefill(m, scheme, B, S, causal=False, n_kv=None):
+    """§6: MACs per layer (dense f = 1, or causal f = (S+1)/(2S)); cache written; activations 2*B*S*d."""
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    pairs = S * (S + 1) // 2 if causal else S * S  # f * S^2
+    act = 2 * B * S * d
+    lat = dc + dr
+    if scheme in ("mha", "gqa", "mqa"):
+        n_kv = n_kv or h
+        return Forms(B * (S * w_mha(m, n_kv) + 2 * h * pairs * m.d_h), w_mha(m, n_kv), 0, B * S * 2 * n_kv * m.d_h, act)
+    if scheme in ("mla-naive", "mla-recompute"):
+        written = h * (dn + dr + dv) if scheme == "mla-naive" else lat
+        return Forms(B * (S * w_f(m) + h * pairs * (dn + dr + dv)), w_f(m), 0, B * S * written, act)
+    if scheme == "mla-absorb":
+        return Forms(B * (S * w_f(m) + h * pairs * (2 * dc + dr)), w_f(m), 0, B * S * lat, act)
+    if scheme == "mla-merged":
+        return Forms(B * (S * w_m(m) + h * pairs * (2 * dc + dr)), w_m(m), 0, B * S * lat, act)
+    if scheme == "mla-merged-per-step":
+        macs = B * (S * w_m(m) + h * pairs * (2 * dc + dr)) + per_step_merge(m)
+        return Forms(macs, w_f(m), 0, B * S * lat, act)
+    raise KeyError(scheme)

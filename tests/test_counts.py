@@ -1,0 +1,118 @@
+"""Analytic counts read off the graphs equal the spec's closed forms exactly, and its worked numbers."""
+
+import pytest
+
+from stream_mla.models import PRESETS
+from stream_mla.workloads import BASELINES, MLA_SCHEMES, SCHEMES, build, make_spec
+from stream_mla.workloads.counts import count, roofline
+
+import closed_forms as cf
+
+MODELS = ["deepseek-v3", "deepseek-v2", "deepseek-v2-lite"]
+
+
+def counted(model, scheme, phase, batch, context):
+    spec = make_spec(model=PRESETS[model], scheme=scheme, phase=phase, batch=batch, context=context)
+    return spec, count(build(spec))
+
+
+def as_forms(c):
+    e = c["elements"]
+    return cf.Forms(c["macs"], e["weights"], e["kv_read"], e["kv_write"], e["activations"])
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(("batch", "context"), [(1, 1024), (1, 4096), (4, 32768), (32, 4096)])
+def test_decode_equals_closed_form(model, scheme, batch, context):
+    spec, c = counted(model, scheme, "decode", batch, context)
+    expected = cf.decode(PRESETS[model], scheme, batch, context, n_kv=spec.group_kv_heads)
+    assert as_forms(c) == expected
+    p = PRESETS[model].bytes_per_element
+    assert c["bytes"]["total"] == p * (expected.weights + expected.kv_read + expected.kv_write + expected.activations)
+    assert c["bytes"]["kv_write"] * context == c["bytes"]["kv_read"]  # one new entry per cached token layout
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(("batch", "seq"), [(1, 1024), (2, 4096)])
+def test_prefill_equals_closed_form(model, scheme, batch, seq):
+    spec, c = counted(model, scheme, "prefill", batch, seq)
+    n_kv = spec.group_kv_heads
+    assert as_forms(c) == cf.prefill(PRESETS[model], scheme, batch, seq, n_kv=n_kv)
+    assert c["macs_causal"] == cf.prefill(PRESETS[model], scheme, batch, seq, causal=True, n_kv=n_kv).macs
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_per_token_slopes(model, scheme):
+    """MACs and KV bytes per extra cached token (decode, B = 1) match the closed-form slopes."""
+    m = PRESETS[model]
+    spec, a = counted(model, scheme, "decode", 1, 2048)
+    _, b = counted(model, scheme, "decode", 1, 2049)
+    lo, hi = cf.decode(m, scheme, 1, 2048, spec.group_kv_heads), cf.decode(m, scheme, 1, 2049, spec.group_kv_heads)
+    assert b["macs"] - a["macs"] == hi.macs - lo.macs
+    assert b["bytes"]["kv_read"] - a["bytes"]["kv_read"] == (hi.kv_read - lo.kv_read) * m.bytes_per_element
+    slope = {"mha": 2 * m.heads * m.d_h, "mla-absorb": m.heads * (2 * m.kv_lora_rank + m.qk_rope_head_dim)}
+    if scheme in slope:  # independent hand values: §3 (2*h*d_h) and §5.2 (h*(2*d_c + d_r) = 139,264 for V3)
+        assert b["macs"] - a["macs"] == slope[scheme]
+
+
+# §4.1, §5.5, §7 worked numbers (V3, p = 2): rounded as printed in the spec.
+@pytest.mark.parametrize(
+    ("model", "w_f", "w_m"),
+    [("deepseek-v3", 187.1e6, 598.1e6), ("deepseek-v2", 149.2e6, 459.6e6), ("deepseek-v2-lite", 13.76e6, 36.8e6)],
+)
+def test_weight_totals_match_spec(model, w_f, w_m):
+    _, absorb = counted(model, "mla-absorb", "decode", 1, 1024)
+    _, merged = counted(model, "mla-merged", "decode", 1, 1024)
+    assert absorb["elements"]["weights"] == pytest.approx(w_f, rel=1e-3)
+    assert merged["elements"]["weights"] == pytest.approx(w_m, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "context", "gmac", "dram_mb", "oi"),
+    [
+        ("mha", 4096, 0.604, 1208, 1.0),
+        ("mla-naive", 4096, 0.355, 710, 1.0),
+        ("mla-absorb", 4096, 0.758, 379, 4.0),
+        ("mla-recompute", 4096, 69.06, 379, 364),
+        ("mla-merged", 4096, 1.169, 1201, 1.9),
+        ("mla-merged-per-step", 4096, 74.18, 379, 392),
+        ("mla-absorb", 32768, 4.751, 412, 23.1),
+        ("mla-recompute", 1024, 17.39, 375, 92.7),
+    ],
+)
+def test_v3_decode_table(scheme, context, gmac, dram_mb, oi):
+    """§7.1 (DRAM excludes the 2*B*d activations there)."""
+    _, c = counted("deepseek-v3", scheme, "decode", 1, context)
+    dram = c["bytes"]["total"] - c["bytes"]["activations"]
+    assert c["macs"] / 1e9 == pytest.approx(gmac, rel=2e-3)
+    assert dram / 1e6 == pytest.approx(dram_mb, abs=0.6)
+    assert 2 * c["macs"] / dram == pytest.approx(oi, rel=0.03)
+
+
+def test_roofline_bound_and_regime():
+    """§7.5 h100-like (989.4 TFLOP/s, 3,350 GB/s), V3 L = 1k: mha 0.301 ms memory-bound; recompute at 32k 1.11 ms
+    compute-bound."""
+    peak, bw = 989.4e12 / 2, 3350e9
+    _, mha = counted("deepseek-v3", "mha", "decode", 1, 1024)
+    _, rc = counted("deepseek-v3", "mla-recompute", "decode", 1, 32768)
+    r_mha, r_rc = roofline(mha, peak, bw), roofline(rc, peak, bw)
+    assert r_mha.bound == "memory" and r_mha.bound_s * 1e3 == pytest.approx(0.301, rel=5e-3)
+    assert r_rc.bound == "compute" and r_rc.bound_s * 1e3 == pytest.approx(1.11, rel=5e-3)
+
+
+def test_node_macs_sum_and_names():
+    _, c = counted("deepseek-v3", "mla-absorb", "decode", 1, 4096)
+    assert sum(n["macs"] for n in c["nodes"]) == c["macs"]
+    names = {n["name"] for n in c["nodes"]}
+    assert {"q_down", "q_up_nope", "kv_down", "q_absorb", "scores_lat", "scores_rope", "probs", "ctx", "v_up",
+            "o_proj"} <= names  # fmt: skip
+    by_name = {n["name"]: n["macs"] for n in c["nodes"]}
+    assert by_name["scores_lat"] == 128 * 4096 * 512  # A2: B*h*L*d_c
+    assert by_name["q_absorb"] == 128 * 128 * 512  # A1: B*h*d_n*d_c
+
+
+def test_baselines_and_mla_lists_cover_schemes():
+    assert set(BASELINES) | set(MLA_SCHEMES) == set(SCHEMES)
