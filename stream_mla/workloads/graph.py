@@ -172,9 +172,9 @@ class GraphBuilder:
         step is a side effect (it is stored, and read back by the attention through the in-place cache).
         Its row sums are multiplied by zero and added to y: B*(d+w) element ops, numerically exact."""
         total = None
-        for t in side:
-            s = self.reduce("ReduceSum", f"{t.removesuffix('_o')}_sum", t)
-            total = s if total is None else self.add(f"{t.removesuffix('_o')}_sum_acc", total, s)
+        for i, t in enumerate(side):  # no `_sum` suffix: Stream names a Softmax's pieces `<name>_sum` etc.
+            s = self.reduce("ReduceSum", f"{t.removesuffix('_o')}_rowsum", t)
+            total = s if total is None else self.add(f"kv_write_acc{i}", total, s)
         gated = self.mul("kv_write_gate", total, self.constant("kv_write_gate_zero", 0.0, np.float32))
         return self.add("out", y, gated)
 
