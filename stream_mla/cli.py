@@ -82,6 +82,44 @@ def cmd_count(args: argparse.Namespace) -> None:
             print(f"  {n['name']:<16} {n['op']:<8} {n['macs']:>16,}")
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from stream_mla.engines import EngineError, Hardware, evaluate
+
+    if (args.platform is None) == (args.hardware is None):
+        raise SpecError("--platform / --hardware: give exactly one (a preset name or platform YAML, or a Stream YAML)")
+    if args.hardware is not None:
+        hw = Hardware.from_stream_yaml(args.hardware, clock_ghz=args.clock_ghz)
+    else:
+        from stream_mla.platforms import load_platform
+
+        hw = Hardware.from_platform(load_platform(args.platform))
+    spec = workload_from_args(args)
+    try:
+        result = evaluate(spec, hw, args.engine, timeout_s=args.timeout, workdir=args.workdir)
+    except EngineError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    doc = result.to_dict()
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return
+    print(f"{spec.slug} on {hw.name} ({args.engine}, strategy {doc['strategy']}, {doc['engine_wall_s']:.1f} s)")
+    print(
+        f"latency {doc['latency_cycles']:,.0f} cycles = {doc['latency_s'] * 1e3:.4g} ms "
+        f"({doc['roofline_ratio']:.2f}x the {doc['bound']}-bound roofline {doc['roofline_bound_s'] * 1e3:.4g} ms)"
+    )
+    print(f"energy {doc['energy_pj'] / 1e9:.4g} mJ: " + ", ".join(
+        f"{k} {v / 1e9:.4g}" for k, v in doc["energy_breakdown_pj"].items()))  # fmt: skip
+    print(f"DRAM: engine {doc['engine_dram_bytes'] / 1e6:.4g} MB, analytic {doc['dram_bytes'] / 1e6:.4g} MB; "
+          f"{doc['macs']:,} MACs")  # fmt: skip
+    print(f"{'node':<28} {'op':<12} {'MACs':>14} {'cycles':>12} {'bound':>9} {'energy uJ':>11}")
+    for n in doc["nodes"]:
+        print(f"{n['name'][:28]:<28} {n['op'][:12]:<12} {n['macs']:>14,} {n['cycles']:>12,.0f} {n['bound']:>9} "
+              f"{n['energy_pj'] / 1e6:>11.4g}")  # fmt: skip
+    for w in doc["warnings"]:
+        print(f"warning: {w}")
+
+
 def cmd_platforms(args: argparse.Namespace) -> None:
     from stream_mla.platforms import PRESETS, write_all
 
@@ -112,6 +150,16 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--platform", help="preset name or platform YAML: adds the roofline bound")
     co.add_argument("--causal", action="store_true", help="roofline with causal prefill MACs")
     co.set_defaults(func=cmd_count)
+    rn = sub.add_parser("run", help="latency and energy of one layer from a Stream or ZigZag run")
+    add_model_args(rn)
+    rn.add_argument("--platform", help="preset name or platform YAML")
+    rn.add_argument("--hardware", help="a raw Stream hardware YAML instead of a platform")
+    rn.add_argument("--clock-ghz", type=float, default=1.0, help="clock of a raw --hardware YAML (default 1.0)")
+    rn.add_argument("--engine", default="stream", help="stream or zigzag")
+    rn.add_argument("--timeout", type=float, default=900.0, help="seconds before the engine process is killed")
+    rn.add_argument("--workdir", help="keep the engine's files here (default: a temporary folder)")
+    rn.add_argument("--json", action="store_true")
+    rn.set_defaults(func=cmd_run)
     pl = sub.add_parser("platforms", help="list platform presets, or write their engine YAMLs")
     pl.add_argument("--write", action="store_true", help="regenerate accelerators/ and mappings/")
     pl.add_argument("--root", default=".", help="folder holding accelerators/ and mappings/")

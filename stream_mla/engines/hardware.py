@@ -1,0 +1,74 @@
+"""The facts a runner needs about an accelerator, from a PlatformSpec or from a raw Stream hardware YAML.
+
+Neither engine knows the clock (engines.md trap 6), and a raw YAML carries no static power: both come from
+the platform spec, or from the caller for a raw YAML.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from stream_mla.errors import SpecError
+from stream_mla.platforms import PlatformSpec, stream_hardware
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    stream: dict  # the Stream hardware description (one file, inline cores)
+    clock_ghz: float
+    peak_macs_per_cycle: int
+    dram_bits_per_cycle: int
+    dram_pj_per_bit: float
+    static_power_w: float = 0.0
+    platform: PlatformSpec | None = None  # None for a raw Stream YAML (no ZigZag description)
+    source_yaml: Path | None = None  # a raw YAML is handed to Stream as is (its core files are relative to it)
+
+    @property
+    def peak_mac_per_s(self) -> float:
+        return self.peak_macs_per_cycle * self.clock_ghz * 1e9
+
+    @property
+    def dram_bytes_per_s(self) -> float:
+        return self.dram_bits_per_cycle / 8 * self.clock_ghz * 1e9
+
+    def static_energy_pj(self, cycles: float) -> float:
+        return self.static_power_w * cycles / (self.clock_ghz * 1e9) * 1e12
+
+    def stream_yaml(self, workdir: Path) -> Path:
+        """The file Stream reads: the user's own, or ours written into the run folder."""
+        if self.source_yaml is not None:
+            return self.source_yaml
+        path = workdir / f"{self.name}.stream.yaml"
+        path.write_text(yaml.safe_dump(self.stream, sort_keys=False))
+        return path
+
+    @classmethod
+    def from_platform(cls, p: PlatformSpec) -> "Hardware":
+        return cls(name=p.name, stream=stream_hardware(p), clock_ghz=p.clock_ghz,
+                   peak_macs_per_cycle=p.peak_macs_per_cycle, dram_bits_per_cycle=p.dram_bits_per_cycle,
+                   dram_pj_per_bit=p.dram_pj_per_bit, static_power_w=p.static_power_w, platform=p)  # fmt: skip
+
+    @classmethod
+    def from_stream_yaml(cls, path: str | Path, clock_ghz: float = 1.0, static_power_w: float = 0.0) -> "Hardware":
+        """A user's Stream hardware YAML: peak from the MatMul-capable cores, DRAM from the off-chip core."""
+        path = Path(path)
+        try:
+            hw = yaml.safe_load(path.read_text())
+            cores = {int(k): v if isinstance(v, dict) else yaml.safe_load((path.parent / v).read_text())
+                     for k, v in hw["cores"].items()}  # fmt: skip
+            offchip = cores[int(hw["offchip_core_id"])]
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+            raise SpecError(
+                f"--hardware: {path} is not a Stream hardware YAML ({exc.__class__.__name__}: {exc})"
+            ) from None
+        hw["cores"] = cores
+        peak = sum(math.prod(c["operational_array"]["sizes"]) for c in cores.values()
+                   if c is not offchip and "MatMul" in c.get("operator_types", ["MatMul"]))  # fmt: skip
+        dram = next(iter(offchip["memories"].values()))
+        port_bits = max(port["bandwidth_max"] for port in dram["ports"])
+        return cls(name=str(hw.get("name", path.stem)), stream=hw, clock_ghz=clock_ghz, peak_macs_per_cycle=peak,
+                   dram_bits_per_cycle=port_bits, dram_pj_per_bit=dram["r_cost"] / port_bits,
+                   static_power_w=static_power_w, source_yaml=path.resolve())  # fmt: skip

@@ -1,0 +1,62 @@
+"""What an engine run returns: one record per (workload, platform, engine), JSON-serialisable.
+
+Energy components (pJ): `mac` (MAC array), `onchip_memory` (register files and SRAM inside the cores),
+`dram` (off-chip reads and writes), `onchip_transfer` (links, and the on-chip side of DMA transfers),
+`static` (static power x latency; engines model dynamic energy only).
+"""
+
+from dataclasses import asdict, dataclass, field
+
+ENERGY_COMPONENTS = ("mac", "onchip_memory", "dram", "onchip_transfer", "static")
+
+
+class EngineError(RuntimeError):
+    """An engine run failed (infeasible, timed out, or crashed); the message is one readable line."""
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """One costed step: a layer, or a fused group of engine nodes (e.g. a Softmax's pieces)."""
+
+    name: str
+    op: str
+    macs: int
+    cycles: float
+    bound: str  # "compute" | "transfer"
+    energy_pj: float
+    core: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    engine: str
+    engine_version: str
+    platform: str
+    workload: str
+    clock_ghz: float
+    latency_cycles: float
+    energy_breakdown_pj: dict[str, float]
+    macs: int  # analytic, from the graph
+    dram_bytes: int  # analytic, from the graph
+    engine_dram_bytes: float  # what the engine moved to and from DRAM (spills included)
+    roofline_bound_s: float
+    bound: str  # analytic roofline regime: "compute" | "memory"
+    strategy: str
+    engine_wall_s: float
+    nodes: list[NodeResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def latency_s(self) -> float:
+        return self.latency_cycles / (self.clock_ghz * 1e9)
+
+    @property
+    def energy_pj(self) -> float:
+        return sum(self.energy_breakdown_pj.values())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latency_s"] = self.latency_s
+        d["energy_pj"] = self.energy_pj
+        d["roofline_ratio"] = self.latency_s / self.roofline_bound_s if self.roofline_bound_s else None
+        return d
