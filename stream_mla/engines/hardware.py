@@ -14,6 +14,12 @@ from stream_mla.errors import SpecError
 from stream_mla.platforms import PlatformSpec, stream_hardware
 
 
+def core_file(hardware_yaml: Path, ref: str) -> Path:
+    """A core file named by a hardware YAML: relative to it, or in its cores/ folder (as Stream resolves it)."""
+    direct = hardware_yaml.parent / ref
+    return direct if direct.exists() else hardware_yaml.parent / "cores" / Path(ref).name
+
+
 @dataclass(frozen=True)
 class Hardware:
     name: str
@@ -57,7 +63,7 @@ class Hardware:
         path = Path(path)
         try:
             hw = yaml.safe_load(path.read_text())
-            cores = {int(k): v if isinstance(v, dict) else yaml.safe_load((path.parent / v).read_text())
+            cores = {int(k): v if isinstance(v, dict) else yaml.safe_load(core_file(path, v).read_text())
                      for k, v in hw["cores"].items()}  # fmt: skip
             offchip = cores[int(hw["offchip_core_id"])]
         except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:

@@ -1,0 +1,140 @@
+"""Real Stream (and ZigZag) runs on small cases: physics against the roofline, energy against hand values,
+shipped hardware, user platforms, infeasible pairs, and the plain engine calls the README shows.
+The heavy version (V3, every preset) is scripts/physics_report.py."""
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import stream
+
+from stream_mla.engines import EngineError, Hardware, evaluate
+from stream_mla.models import PRESETS as MODELS
+from stream_mla.platforms import PRESETS, load_platform
+from stream_mla.workloads import make_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+LITE = MODELS["deepseek-v2-lite"]
+# Documented factor: memory-bound decode on these presets lands within 1.3x of the roofline (measured
+# 1.007-1.12 for V3 L=4096, scripts/physics_report.py); Stream never beats the roofline.
+MEMORY_BOUND_FACTOR = 1.3
+
+USER_PLATFORM = """\
+name: my-npu
+clock_ghz: 1.0
+cores: 2
+rows: 64
+cols: 64
+precision: bf16
+mac_pj: 0.2
+sram_bytes: 4 MiB
+sram_bits_per_cycle: 4096
+sram_pj_per_bit: 0.5
+rf_pj_per_bit: 0.03
+dram_gb_s: 100
+dram_pj_per_bit: 8
+static_power_w: 2.5
+"""
+
+
+def decode(scheme, context=1024, model=LITE):
+    return make_spec(model=model, scheme=scheme, phase="decode", batch=1, context=context)
+
+
+@pytest.fixture(scope="module")
+def edge_runs():
+    return {s: evaluate(decode(s), "edge-npu") for s in ("mha", "mla-absorb")}
+
+
+@pytest.mark.parametrize("scheme", ["mha", "mla-absorb"])
+def test_latency_at_or_above_roofline_within_factor(edge_runs, scheme):
+    r = edge_runs[scheme]
+    assert r.bound == "memory"
+    assert r.roofline_bound_s <= r.latency_s <= MEMORY_BOUND_FACTOR * r.roofline_bound_s
+    assert r.strategy == "keep-softmax" and not r.warnings
+    assert sum(n.macs for n in r.nodes) == r.macs
+
+
+@pytest.mark.parametrize("scheme", ["mha", "mla-absorb"])
+def test_energy_accounting(edge_runs, scheme):
+    r = edge_runs[scheme]
+    plat = PRESETS["edge-npu"]
+    e = r.energy_breakdown_pj
+    # DRAM energy = bits moved x pJ/bit, and the engine moves at least the analytic bytes (spills add more)
+    assert e["dram"] == pytest.approx(r.engine_dram_bytes * 8 * plat.dram_pj_per_bit, rel=1e-9)
+    assert 1.0 <= r.engine_dram_bytes / r.dram_bytes <= 1.2
+    # MAC energy is the MatMul MACs at the array's pJ/MAC plus vector-unit ops (softmax, norms): never below
+    assert e["mac"] >= r.macs * plat.mac_pj * (1 - 1e-9)
+    assert e["onchip_memory"] > 0 and e["onchip_transfer"] >= 0 and e["static"] == 0
+    assert r.energy_pj == pytest.approx(sum(n.energy_pj for n in r.nodes) + e["static"], rel=1e-9)
+
+
+def test_mha_is_dram_dominated_and_slower_than_absorb(edge_runs):
+    mha, absorb = edge_runs["mha"], edge_runs["mla-absorb"]
+    assert mha.energy_breakdown_pj["dram"] / mha.energy_pj > 0.8
+    assert mha.latency_s > absorb.latency_s
+
+
+def test_doubling_dram_bandwidth_halves_mha_latency(edge_runs):
+    plat = PRESETS["edge-npu"]
+    fast = plat.model_copy(update={"name": "edge-2x", "dram_gb_s": 2 * plat.dram_gb_s})
+    r = evaluate(decode("mha"), fast)
+    assert edge_runs["mha"].latency_s / r.latency_s == pytest.approx(2.0, rel=0.08)
+
+
+def test_static_energy_and_user_platform_yaml(tmp_path):
+    path = tmp_path / "my-npu.yaml"
+    path.write_text(USER_PLATFORM)
+    assert len(USER_PLATFORM.splitlines()) <= 15
+    r = evaluate(decode("mla-absorb", context=512), str(path))
+    plat = load_platform(path)
+    assert r.platform == "my-npu" and r.clock_ghz == 1.0
+    assert r.energy_breakdown_pj["static"] == pytest.approx(2.5 * r.latency_s * 1e12)  # 2.5 W x t
+    assert r.latency_s >= r.roofline_bound_s
+    assert r.roofline_bound_s == pytest.approx(max(r.macs / plat.peak_mac_per_s, r.dram_bytes / 100e9))
+
+
+def test_shipped_stream_hardware_runs_our_graph():
+    hw_yaml = Path(stream.__file__).parent / "inputs" / "examples" / "hardware" / "fusemax.yaml"
+    hw = Hardware.from_stream_yaml(hw_yaml, clock_ghz=1.0)
+    r = evaluate(decode("mla-absorb", context=256), hw)
+    assert r.latency_cycles >= r.roofline_bound_s * 1e9 * (1 - 1e-9)
+    assert r.energy_pj > 0 and not r.warnings
+
+
+def test_infeasible_pair_names_platform_layer_and_memory(tmp_path):
+    tiny = USER_PLATFORM.replace("my-npu", "tiny-npu").replace("4 MiB", "256 KiB").replace("cores: 2", "cores: 1")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(tiny + "vector_sram_bytes: 64 KiB\n")
+    with pytest.raises(EngineError) as info:
+        evaluate(decode("mha", context=32768), str(path))
+    msg = str(info.value)
+    assert "tiny-npu" in msg and "layer scores" in msg and "tiny-npu_mxu" in msg and "256.0 KB" in msg
+    assert "\n" not in msg
+
+
+def test_stock_engines_take_committed_files(tmp_path):
+    """The committed graph and YAMLs work in plain Stream and ZigZag calls, as the README shows."""
+    from stream.api import SolveOptions, evaluate_mapping
+    from zigzag import api
+
+    logging.disable(logging.WARNING)
+    try:
+        graph = ROOT / "onnx_models" / "deepseek-v2-lite_mqa_decode_b1_l1024_bf16.onnx"
+        est = evaluate_mapping(str(ROOT / "accelerators" / "stream" / "edge-npu.yaml"), str(graph),
+                               str(tmp_path / "stream"), options=SolveOptions(artifacts=False))  # fmt: skip
+        energy, latency, _ = api.get_hardware_performance_zigzag(
+            str(graph), str(ROOT / "accelerators" / "zigzag" / "edge-npu.yaml"),
+            str(ROOT / "mappings" / "zigzag" / "edge-npu.yaml"), opt="EDP", lpf_limit=4,
+            nb_spatial_mappings_generated=1, dump_folder=str(tmp_path / "zigzag"), loma_show_progress_bar=False)  # fmt: skip
+    finally:
+        logging.disable(logging.NOTSET)
+    plat = PRESETS["edge-npu"]
+    w_mqa = 2048 * (16 + 2 * 1) * 128 + 16 * 128 * 2048  # d(h + 2 n_kv) d_h + h d_h d, n_kv = 1
+    weights_bound = w_mqa * 16 / plat.dram_bits_per_cycle  # bf16 weights over the 256-bit DRAM port
+    assert latency >= weights_bound  # ZigZag costs each layer standalone, from DRAM
+    assert math.isfinite(energy) and energy > 0
+    # Stream's default whole-graph fusion reports fewer cycles than the weights need (a finding, see README);
+    # the runner's keep-softmax cuts do respect the bound.
+    assert 0 < est.cycles < weights_bound
