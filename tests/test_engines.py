@@ -125,9 +125,15 @@ def test_stock_engines_take_committed_files(tmp_path):
         est = evaluate_mapping(str(ROOT / "accelerators" / "stream" / "edge-npu.yaml"), str(graph),
                                str(tmp_path / "stream"), options=SolveOptions(artifacts=False))  # fmt: skip
         energy, latency, _ = api.get_hardware_performance_zigzag(
-            str(graph), str(ROOT / "accelerators" / "zigzag" / "edge-npu.yaml"),
-            str(ROOT / "mappings" / "zigzag" / "edge-npu.yaml"), opt="EDP", lpf_limit=4,
-            nb_spatial_mappings_generated=1, dump_folder=str(tmp_path / "zigzag"), loma_show_progress_bar=False)  # fmt: skip
+            str(graph),
+            str(ROOT / "accelerators" / "zigzag" / "edge-npu.yaml"),
+            str(ROOT / "mappings" / "zigzag" / "edge-npu.yaml"),
+            opt="EDP",
+            lpf_limit=4,
+            nb_spatial_mappings_generated=1,
+            dump_folder=str(tmp_path / "zz"),
+            loma_show_progress_bar=False,
+        )
     finally:
         logging.disable(logging.NOTSET)
     plat = PRESETS["edge-npu"]
