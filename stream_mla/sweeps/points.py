@@ -1,0 +1,119 @@
+"""One sweep point: a workload on a (bandwidth-scaled) platform costed by one engine, and its result row.
+
+The point's key is a content hash of (workload spec, platform spec, engine, engine version), so a result is
+reused exactly when nothing that determines it has changed. Rows are flat dicts (the tidy table's columns,
+`ROW_COLUMNS`); the `analytic` engine is the roofline of attention-schemes.md §2 with first-order energy
+(MAC + DRAM, §7.6).
+"""
+
+import hashlib
+import json
+import tempfile
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
+
+from stream_mla import __version__
+from stream_mla.engines import evaluate
+from stream_mla.models import PRESETS as MODEL_PRESETS
+from stream_mla.platforms import PlatformSpec, load_platform
+from stream_mla.workloads import WorkloadSpec, build, make_spec
+from stream_mla.workloads.counts import count, roofline
+
+Engine = Literal["analytic", "zigzag", "stream"]
+ENGINE_PACKAGES = {"stream": "stream-dse", "zigzag": "zigzag-dse"}
+
+ROW_COLUMNS = (
+    "key", "status", "error", "model", "scheme", "phase", "batch", "context", "kv_heads", "platform", "bw_scale",
+    "engine", "engine_version", "strategy", "clock_ghz", "peak_flop_per_s", "dram_bytes_per_s", "ridge",
+    "macs", "macs_causal", "weight_bytes", "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes",
+    "oi", "roofline_compute_s", "roofline_memory_s", "roofline_s", "bound", "latency_cycles", "latency_s",
+    "energy_pj", "energy_mac_pj", "energy_onchip_memory_pj", "energy_dram_pj", "energy_onchip_transfer_pj",
+    "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings",
+)  # fmt: skip
+
+
+@cache
+def engine_version(engine: str) -> str:
+    if engine == "analytic":
+        return f"stream-mla {__version__}"
+    return f"{ENGINE_PACKAGES[engine]} {version(ENGINE_PACKAGES[engine])}"
+
+
+class SweepPoint(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    scheme: str
+    phase: Literal["decode", "prefill"] = "decode"
+    batch: PositiveInt = 1
+    context: PositiveInt
+    kv_heads: PositiveInt | None = None
+    platform: str  # preset name or platform YAML path
+    bw_scale: PositiveFloat = 1.0
+    engine: Engine = "analytic"
+
+    def workload(self) -> WorkloadSpec:
+        return make_spec(model=MODEL_PRESETS[self.model], scheme=self.scheme, phase=self.phase, batch=self.batch,
+                         context=self.context, kv_heads=self.kv_heads)  # fmt: skip
+
+    def platform_spec(self) -> PlatformSpec:
+        """The platform with its DRAM bandwidth scaled (F3's sweep), everything else unchanged."""
+        p = load_platform(self.platform)
+        if self.bw_scale == 1.0:
+            return p
+        return p.model_copy(update={"dram_gb_s": p.dram_gb_s * self.bw_scale, "name": f"{p.name}@bw{self.bw_scale:g}"})
+
+    def key(self) -> str:
+        content = {
+            "workload": self.workload().model_dump(mode="json"),
+            "platform": self.platform_spec().model_dump(mode="json"),
+            "engine": self.engine,
+            "engine_version": engine_version(self.engine),
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def analytic_row(counts: dict, p: PlatformSpec) -> dict:
+    """Roofline latency and first-order energy (MACs x pJ/MAC + DRAM bits x pJ/bit)."""
+    r = roofline(counts, p.peak_mac_per_s, p.dram_bytes_per_s)
+    mac_pj = counts["macs"] * p.mac_pj
+    dram_pj = counts["bytes"]["total"] * 8 * p.dram_pj_per_bit
+    return {"strategy": "roofline", "latency_s": r.bound_s, "latency_cycles": r.bound_s * p.clock_ghz * 1e9,
+            "energy_pj": mac_pj + dram_pj, "energy_mac_pj": mac_pj, "energy_onchip_memory_pj": 0.0,
+            "energy_dram_pj": dram_pj, "energy_onchip_transfer_pj": 0.0, "energy_static_pj": 0.0,
+            "engine_dram_bytes": float(counts["bytes"]["total"]), "engine_wall_s": 0.0, "warnings": "[]"}  # fmt: skip
+
+
+def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None = None) -> dict:
+    """Cost one point; raises (SpecError, EngineError) on failure. The row has every ROW_COLUMNS entry."""
+    spec, p = point.workload(), point.platform_spec()
+    counts = count(build(spec))
+    r = roofline(counts, p.peak_mac_per_s, p.dram_bytes_per_s)
+    b = counts["bytes"]
+    row = {
+        "key": point.key(), "status": "ok", "error": "", **point.model_dump(exclude={"platform"}),
+        "kv_heads": spec.group_kv_heads if spec.scheme in ("mha", "gqa", "mqa") else None,
+        "platform": p.name.split("@")[0], "engine_version": engine_version(point.engine), "clock_ghz": p.clock_ghz,
+        "peak_flop_per_s": p.peak_flop_per_s, "dram_bytes_per_s": p.dram_bytes_per_s, "ridge": p.ridge_flop_per_byte,
+        "macs": counts["macs"], "macs_causal": counts["macs_causal"], "weight_bytes": b["weights"],
+        "kv_read_bytes": b["kv_read"], "kv_write_bytes": b["kv_write"], "activation_bytes": b["activations"],
+        "dram_bytes": b["total"], "oi": counts["operational_intensity"], "roofline_compute_s": r.compute_s,
+        "roofline_memory_s": r.memory_s, "roofline_s": r.bound_s, "bound": r.bound,
+    }  # fmt: skip
+    if point.engine == "analytic":
+        row.update(analytic_row(counts, p))
+    else:
+        with tempfile.TemporaryDirectory(prefix="stream-mla-point-") as tmp:
+            res = evaluate(spec, p, point.engine, timeout_s=timeout_s, workdir=workdir or tmp)
+        e = res.energy_breakdown_pj
+        row.update({"strategy": res.strategy, "latency_s": res.latency_s, "latency_cycles": res.latency_cycles,
+                    "energy_pj": res.energy_pj, **{f"energy_{k}_pj": v for k, v in e.items()},
+                    "engine_dram_bytes": res.engine_dram_bytes, "engine_wall_s": res.engine_wall_s,
+                    "warnings": json.dumps(res.warnings)})  # fmt: skip
+    missing = set(ROW_COLUMNS) - set(row)
+    assert not missing, f"row lacks {missing}"
+    return {c: row[c] for c in ROW_COLUMNS}
