@@ -144,3 +144,24 @@ def test_stock_engines_take_committed_files(tmp_path):
     # Stream's default whole-graph fusion reports fewer cycles than the weights need (a finding, see README);
     # the runner's keep-softmax cuts do respect the bound.
     assert 0 < est.cycles < weights_bound
+
+
+def test_stream_is_deterministic_and_cli_json(tmp_path):
+    """The same point twice gives identical numbers; `stream-mla run --json` carries the documented keys."""
+    import json
+    import subprocess
+    import sys
+
+    args = ["run", "--model", "deepseek-v2-lite", "--scheme", "mqa", "--context", "256", "--platform", "edge-npu"]
+    docs = [json.loads(subprocess.run([sys.executable, "-m", "stream_mla.cli", *args, "--json"], capture_output=True,
+                                      text=True, check=True).stdout) for _ in range(2)]  # fmt: skip
+    keys = {"latency_cycles", "latency_s", "energy_pj", "energy_breakdown_pj", "macs", "dram_bytes",
+            "roofline_bound_s", "bound", "strategy", "engine_wall_s", "warnings", "nodes"}  # fmt: skip
+    assert keys <= set(docs[0])
+    for key in ("latency_cycles", "energy_breakdown_pj", "nodes", "engine_dram_bytes"):
+        assert docs[0][key] == docs[1][key]
+
+
+def test_timeout_kills_the_engine_process():
+    with pytest.raises(EngineError, match="timed out after"):
+        evaluate(decode("mla-absorb", context=256), "edge-npu", timeout_s=0.5)
