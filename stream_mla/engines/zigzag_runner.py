@@ -1,0 +1,241 @@
+"""Run ZigZag 3.9.1 on one graph and one platform core, layer by layer, and read every number off the CMEs.
+
+ZigZag costs each MatMul/Gemm/Conv standalone (engines.md trap 14): inputs come from DRAM, outputs go back,
+`latency_total2` includes the loading, and layers never overlap, so the graph latency is the plain sum.
+Every other op (Softmax, norms, elementwise) is free (trap 12); the result's warnings say how many there were.
+
+The search is the API's pipeline without its dump/plot stages (§13 lean runner): LOMA only (SALSA is not
+deterministic), nothing written outside `workdir`. Identical layers (equal projections, repeated shapes across
+a sweep) are searched once per process through a memo stage keyed on everything the search depends on.
+"""
+
+import hashlib
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Generator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import onnx
+import yaml
+from zigzag.cost_model.cost_model import CostModelEvaluation
+from zigzag.mapping.data_movement import DataDirection
+from zigzag.mapping.temporal_mapping import TemporalMappingType
+from zigzag.stages.evaluation.cost_model_evaluation import CostModelStage
+from zigzag.stages.main import MainStage
+from zigzag.stages.mapping.spatial_mapping_generation import SpatialMappingGeneratorStage
+from zigzag.stages.mapping.temporal_mapping_generator_stage import TemporalMappingGeneratorStage
+from zigzag.stages.parser.accelerator_parser import AcceleratorParserStage
+from zigzag.stages.parser.onnx_model_parser import ONNXModelParserStage
+from zigzag.stages.results.reduce_stages import MinimalEDPStage, MinimalEnergyStage, MinimalLatencyStage
+from zigzag.stages.stage import Stage, StageCallable
+from zigzag.stages.workload_iterator import WorkloadStage
+
+from stream_mla.engines.result import EngineError, NodeResult, Result
+from stream_mla.platforms import PlatformSpec, zigzag_accelerator, zigzag_mapping
+from stream_mla.workloads.counts import count_file, roofline
+
+REDUCE: dict[str, type[Stage]] = {"EDP": MinimalEDPStage, "energy": MinimalEnergyStage, "latency": MinimalLatencyStage}
+NB_SPATIAL_MAPPINGS = 3
+COSTED_OPS = ("MatMul", "Gemm", "Conv", "QLinearConv")  # what zigzag/parser/onnx prices; the rest are DummyNodes
+LAYOUT_OPS = ("Reshape", "Transpose", "Identity", "Constant", "Squeeze", "Unsqueeze", "Flatten")  # views: free anyway
+
+# (layer signature) -> best CME. Module level so a process evaluating many graphs searches each shape once.
+_MEMO: dict[tuple, CostModelEvaluation] = {}
+MEMO_STATS: Counter[str] = Counter()  # "hits" / "misses", for tests and progress reports
+
+
+def clear_memo() -> None:
+    _MEMO.clear()
+    MEMO_STATS.clear()
+
+
+def layer_signature(layer: Any, context: tuple) -> tuple:
+    """Everything the mapping search reads from a layer, before the spatial stage mutates `layer.spatial_mapping`.
+
+    The layer name is left out on purpose: the mapping YAML (part of `context`) is looked up by name first, but
+    generated mappings only have `default` and op-type entries, so equal shapes really do cost the same."""
+    return (
+        str(layer.equation),
+        layer.type,
+        tuple(sorted((str(d), s) for d, s in layer.layer_dim_sizes.data.items())),
+        tuple(sorted((str(op), p) for op, p in layer.operand_precision.data.items())),
+        tuple(sorted(str(op) for op in layer.constant_operands)),
+        str(layer.spatial_mapping),
+        str(layer.spatial_mapping_hint),
+        str(layer.memory_operand_links),
+        str(layer.temporal_ordering),
+        context,
+    )
+
+
+class MemoStage(Stage):
+    """Sits right after WorkloadStage: answers a layer from `_MEMO` or runs the search below it and stores the best.
+
+    Each reduce stage yields exactly one CME, so the sub-pipeline's single answer is the layer's optimum."""
+
+    def __init__(self, list_of_callables: list[StageCallable], *, layer: Any, memo_context: tuple, **kwargs: Any):
+        super().__init__(list_of_callables, layer=layer, memo_context=memo_context, **kwargs)
+        self.layer = layer
+        self.key = layer_signature(layer, memo_context)
+
+    def run(self) -> Generator[tuple[Any, Any], None, None]:
+        if self.key in _MEMO:
+            MEMO_STATS["hits"] += 1
+            yield _MEMO[self.key], None
+            return
+        MEMO_STATS["misses"] += 1
+        answers = list(self.list_of_callables[0](self.list_of_callables[1:], **self.kwargs).run())
+        if len(answers) != 1:
+            raise EngineError(f"zigzag: layer {self.layer.name}: the search gave {len(answers)} optima, expected 1")
+        _MEMO[self.key] = answers[0][0]
+        yield answers[0][0], None
+
+
+def energy_by_memory(cme: CostModelEvaluation) -> dict[str, float]:
+    """pJ per memory NAME (level indices differ between operands), plus the MAC array under "MAC" (§10)."""
+    per_mem: dict[str, float] = defaultdict(float, MAC=cme.mac_energy)
+    for op, per_level in cme.mem_energy_breakdown.items():
+        levels = cme.accelerator.mem_hierarchy_dict[cme.layer.memory_operand_links.layer_to_mem_op(op)]
+        for lvl, pj in zip(levels, per_level, strict=False):
+            per_mem[lvl.name] += pj
+    return dict(per_mem)
+
+
+def dram_bytes_moved(cme: CostModelEvaluation) -> float:
+    """Bytes read from and written to the `dram` level, all four directions, in each direction's port words (§10)."""
+    total_bits = 0.0
+    for op, per_level in cme.memory_word_access.items():
+        mem_op = cme.layer.memory_operand_links.layer_to_mem_op(op)
+        levels = cme.accelerator.mem_hierarchy_dict[mem_op]
+        for lvl, accesses in zip(levels, per_level, strict=False):
+            if not is_dram(lvl.name):
+                continue
+            for direction in DataDirection:
+                words = accesses.get(direction)
+                if words:
+                    total_bits += words * lvl.get_max_bandwidth(mem_op, direction)
+    return total_bits / 8
+
+
+def is_dram(memory_name: str) -> bool:
+    return "dram" in memory_name.lower()
+
+
+def node_bound(cme: CostModelEvaluation) -> str:
+    """ "compute" when the array's own temporal cycles are at least half the layer's latency, i.e. stalls plus
+    on/off-loading (the memory side) do not exceed the compute; otherwise "transfer"."""
+    return "compute" if cme.ideal_temporal_cycle >= cme.latency_total2 - cme.ideal_temporal_cycle else "transfer"
+
+
+def free_op_warning(onnx_path: Path) -> str | None:
+    """ZigZag prices only COSTED_OPS: name the compute ops it silently treats as free (trap 12)."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    free = Counter(n.op_type for n in model.graph.node if n.op_type not in (*COSTED_OPS, *LAYOUT_OPS))
+    if not free:
+        return None
+    kinds = ", ".join(f"{op} x{k}" for op, k in sorted(free.items()))
+    return f"ZigZag costs MatMul only: {sum(free.values())} Softmax/norm/elementwise nodes are free ({kinds})"
+
+
+def run_pipeline(onnx_path: Path, acc_yaml: Path, map_yaml: Path, lpf_limit: int, opt: str, memo_context: tuple):
+    """The §13 lean runner with MemoStage after WorkloadStage; returns [(layer, cme)] in topological order."""
+    red = REDUCE[opt]
+    stages: list[Any] = [
+        ONNXModelParserStage,
+        AcceleratorParserStage,
+        WorkloadStage,
+        MemoStage,
+        red,
+        SpatialMappingGeneratorStage,
+        red,
+        TemporalMappingGeneratorStage,
+        CostModelStage,
+    ]
+    main = MainStage(
+        stages,
+        accelerator=str(acc_yaml),
+        workload=str(onnx_path),
+        mapping=str(map_yaml),
+        memo_context=memo_context,
+        loma_lpf_limit=lpf_limit,
+        loma_show_progress_bar=False,
+        nb_mappings_generated=NB_SPATIAL_MAPPINGS,
+        enable_mix_spatial_mapping_generation=False,
+        access_same_data_considered_as_no_access=True,
+        temporal_mapping_type=TemporalMappingType("uneven"),
+        dump_folder=str(acc_yaml.parent / "unused"),  # read by no stage of this pipeline; nothing is written
+    )
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # ZigZag logs every layer and every clipped spatial unrolling
+    try:
+        answers = main.run()
+    finally:
+        logging.disable(previous)
+    return [(extra[0], cme) for cme, extra in answers]
+
+
+def evaluate_zigzag(
+    onnx_path: Path, platform: PlatformSpec, workdir: Path, lpf_limit: int = 5, opt: str = "EDP"
+) -> Result:
+    """Latency and energy of one exported graph on one core of `platform`, from a ZigZag search (in-process)."""
+    if opt not in REDUCE:
+        raise ValueError(f"opt: {opt!r} (allowed: {', '.join(REDUCE)})")
+    start = time.perf_counter()
+    onnx_path, workdir = Path(onnx_path), Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    acc_text = yaml.safe_dump(zigzag_accelerator(platform), sort_keys=False)
+    map_text = yaml.safe_dump(zigzag_mapping(platform), sort_keys=False)
+    acc_yaml, map_yaml = workdir / f"{platform.name}_zigzag.yaml", workdir / f"{platform.name}_zigzag_mapping.yaml"
+    acc_yaml.write_text(acc_text)
+    map_yaml.write_text(map_text)
+    digest = hashlib.sha256((acc_text + "\0" + map_text).encode()).hexdigest()
+    layers = run_pipeline(onnx_path, acc_yaml, map_yaml, lpf_limit, opt, (digest, lpf_limit, opt))
+
+    latency = sum(cme.latency_total2 for _, cme in layers)
+    energy = dict.fromkeys(("mac", "onchip_memory", "dram", "onchip_transfer"), 0.0)
+    nodes = []
+    engine_dram = 0.0
+    for layer, cme in layers:
+        for name, pj in energy_by_memory(cme).items():
+            energy["mac" if name == "MAC" else "dram" if is_dram(name) else "onchip_memory"] += pj
+        engine_dram += dram_bytes_moved(cme)
+        nodes.append(
+            NodeResult(
+                name=layer.name,
+                op=getattr(layer, "type", None) or "MatMul",
+                macs=int(layer.layer_dim_sizes.total_size),
+                cycles=float(cme.latency_total2),
+                bound=node_bound(cme),
+                energy_pj=float(cme.energy_total),
+                core="core0",  # one ZigZag core: the platform's cores are not modelled (single-core search)
+            )
+        )
+    energy["static"] = platform.static_energy_pj(latency)
+
+    counts = count_file(onnx_path)
+    roof = roofline(counts, platform.peak_mac_per_s, platform.dram_bytes_per_s)
+    warnings = [w for w in (free_op_warning(onnx_path),) if w]
+    costed = sum(n.macs for n in nodes)
+    if costed != counts["macs"]:  # a mis-parsed layer (trap 10/11) would otherwise pass silently
+        warnings.append(f"ZigZag costed {costed:,} MACs but the graph has {counts['macs']:,}")
+    return Result(
+        engine="zigzag",
+        engine_version=f"zigzag-dse {version('zigzag-dse')}",
+        platform=platform.name,
+        workload=onnx_path.stem,
+        clock_ghz=platform.clock_ghz,
+        latency_cycles=float(latency),
+        energy_breakdown_pj=energy,
+        macs=counts["macs"],
+        dram_bytes=counts["bytes"]["total"],
+        engine_dram_bytes=engine_dram,
+        roofline_bound_s=roof.bound_s,
+        bound=roof.bound,
+        strategy=f"zigzag-loma-lpf{lpf_limit}-{opt}",
+        engine_wall_s=time.perf_counter() - start,
+        nodes=nodes,
+        warnings=warnings,
+    )
