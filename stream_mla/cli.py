@@ -164,6 +164,11 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--write", action="store_true", help="regenerate accelerators/ and mappings/")
     pl.add_argument("--root", default=".", help="folder holding accelerators/ and mappings/")
     pl.set_defaults(func=cmd_platforms)
+    from stream_mla import analysis_cli
+    from stream_mla.sweeps import cli as sweep_cli
+
+    sweep_cli.add_commands(sub)
+    analysis_cli.add_commands(sub)
     return ap
 
 

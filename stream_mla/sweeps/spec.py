@@ -1,0 +1,133 @@
+"""A sweep spec (YAML): blocks of lists whose cartesian products are the sweep's points.
+
+    sweeps:
+      - name: F2                      # optional label
+        models: [deepseek-v3]         # model presets
+        schemes: [mha, mla-absorb]
+        phases: [decode]              # default [decode]
+        batch: [1, 32]                # default [1]
+        context: [4096]
+        platforms: [h100-like, my.yaml]   # presets or platform YAML paths (relative to the spec file)
+        bw_scale: [1.0]               # DRAM-bandwidth scale factors, default [1.0]
+        engines: [analytic]           # analytic, zigzag, stream; default [analytic]
+        kv_heads: [null]              # gqa only (ignored by other schemes); default [null]
+
+Every point is validated when the spec is loaded (its workload and platform are built), so a bad value ends
+with one SpecError line naming the field, e.g. `sweeps.0.engines.1: Input should be 'analytic', ...`.
+"""
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pydantic
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from stream_mla.errors import SpecError, first_error
+from stream_mla.models import PRESETS as MODEL_PRESETS
+from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
+from stream_mla.sweeps.points import Engine, SweepPoint
+from stream_mla.workloads import ALIASES, SCHEMES
+
+DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
+
+
+def _model(m: str) -> str:
+    if m not in MODEL_PRESETS:
+        raise ValueError(f"unknown model {m!r} (allowed: {', '.join(MODEL_PRESETS)})")
+    return m
+
+
+def _scheme(s: str) -> str:
+    if s not in SCHEMES + tuple(ALIASES):
+        raise ValueError(f"unknown scheme {s!r} (allowed: {', '.join(SCHEMES + tuple(ALIASES))})")
+    return ALIASES.get(s, s)
+
+
+ModelName = Annotated[str, AfterValidator(_model)]
+SchemeName = Annotated[str, AfterValidator(_scheme)]
+
+
+class Block(BaseModel):
+    """One cartesian product."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    models: list[ModelName] = Field(min_length=1)
+    schemes: list[SchemeName] = Field(min_length=1)
+    phases: list[Literal["decode", "prefill"]] = Field(default=["decode"], min_length=1)
+    batch: list[PositiveInt] = Field(default=[1], min_length=1)
+    context: list[PositiveInt] = Field(min_length=1)
+    platforms: list[str] = Field(min_length=1)
+    bw_scale: list[PositiveFloat] = Field(default=[1.0], min_length=1)
+    engines: list[Engine] = Field(default=["analytic"], min_length=1)
+    kv_heads: list[PositiveInt | None] = Field(default=[None], min_length=1)
+
+    def points(self) -> list[SweepPoint]:
+        out = []
+        for eng, model, scheme, phase, batch, ctx, plat, bw, kvh in itertools.product(
+            self.engines, self.models, self.schemes, self.phases, self.batch, self.context, self.platforms,
+            self.bw_scale, self.kv_heads,
+        ):  # fmt: skip
+            out.append(SweepPoint(model=model, scheme=scheme, phase=phase, batch=batch, context=ctx, platform=plat,
+                                  bw_scale=bw, engine=eng, kv_heads=kvh if scheme == "gqa" else None))  # fmt: skip
+        return out
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sweeps: list[Block] = Field(min_length=1)
+
+    @classmethod
+    def from_dict(cls, doc: object, source: str = "sweep spec", base: Path | None = None) -> "SweepSpec":
+        """Validate a parsed YAML document; any error (including a bad point) is one SpecError line."""
+        if not isinstance(doc, dict):
+            raise SpecError(f"{source}: a sweep spec must be a mapping with a 'sweeps' list of blocks")
+        try:
+            spec = cls.model_validate(doc)
+        except pydantic.ValidationError as exc:
+            raise first_error(exc, prefix=f"{source}: ") from None
+        if base is not None:  # platform YAML paths are relative to the spec file
+            for b in spec.sweeps:
+                b.platforms = [_resolve_platform(p, base) for p in b.platforms]
+        spec.points(validate=True, source=source)
+        return spec
+
+    def points(self, validate: bool = False, source: str = "sweep spec") -> list[SweepPoint]:
+        """The union of every block's product, de-duplicated by content key, in first-seen order."""
+        seen: dict[str, SweepPoint] = {}
+        for i, block in enumerate(self.sweeps):
+            for pt in block.points():
+                try:
+                    if validate:
+                        pt.workload()
+                    key = pt.key()
+                except SpecError as exc:
+                    where = f"{pt.model} {pt.scheme} {pt.phase} B={pt.batch} L={pt.context} on {pt.platform}"
+                    raise SpecError(f"{source}: sweeps.{i} ({where}): {exc}") from None
+                seen.setdefault(key, pt)
+        return list(seen.values())
+
+
+def _resolve_platform(p: str, base: Path) -> str:
+    if p in PLATFORM_PRESETS or Path(p).is_absolute():
+        return p
+    candidate = base / p
+    return str(candidate) if candidate.exists() else p
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read sweep spec: {' '.join(str(exc).split())}") from None
+    return SweepSpec.from_dict(doc, source=str(path), base=path.parent)
+
+
+def default_sweep() -> SweepSpec:
+    """The embedded reproduction grid (stream_mla/sweeps/default.yaml)."""
+    return load_sweep(DEFAULT_SPEC)
