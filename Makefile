@@ -11,8 +11,9 @@ $(BIN)/stream-mla: pyproject.toml
 .PHONY: setup figures models test lint
 setup: $(BIN)/stream-mla
 
-## Main job. Until the figures exist it regenerates the reference ONNX workloads.
-figures: models
+## Main job: the full reproduction (default sweep -> figures -> claims -> report) into results/.
+figures: setup
+	$(BIN)/stream-mla reproduce -o results
 
 models: setup
 	$(BIN)/stream-mla export --reference-set

@@ -45,6 +45,21 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from stream_mla.claims import format_claims
+    from stream_mla.reproduce import reproduce
+    from stream_mla.sweeps.spec import load_sweep
+
+    if args.workers < 1:
+        raise SpecError(f"--workers: must be at least 1 (got {args.workers})")
+    spec = None if args.spec is None else load_sweep(args.spec)
+    r = reproduce(args.output, spec, workers=args.workers, progress=not args.quiet)
+    s, w = r["sweep"], r["walls"]
+    print(format_claims(r["claims"]), end="")
+    print(f"{s['total']} points ({s['done']} computed, {s['cached']} cached, {s['failed']} failed), "
+          f"{len(r['figures'])} figure files, report {r['report']}; {w['total_s']:.1f} s")  # fmt: skip
+
+
 def add_commands(subparsers) -> None:
     """Add `figures`, `claims` and `report` to an argparse sub-parser collection."""
     fi = subparsers.add_parser("figures", help="figures F1-F6 (PNG, SVG and CSV) from the results store")
@@ -60,3 +75,11 @@ def add_commands(subparsers) -> None:
     rp.add_argument("--figures", default="figures", help="folder of the figures to embed (default figures/)")
     rp.add_argument("-o", "--output", default="report.html", help="output HTML (default report.html)")
     rp.set_defaults(func=cmd_report)
+    rr = subparsers.add_parser("reproduce", help="the full reproduction: default sweep, figures, claims, report")
+    rr.add_argument("spec", metavar="SPEC", nargs="?", help="sweep spec YAML (default: the embedded default sweep)")
+    rr.add_argument(
+        "-o", "--output", default="results", help="folder for the store, figures and report (default results/)"
+    )
+    rr.add_argument("--workers", type=int, default=2, help="engine points run at once (default 2)")
+    rr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rr.set_defaults(func=cmd_reproduce)
