@@ -34,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="analytic points only for cold/warm; 2 engine points")
     ap.add_argument("--progress", action="store_true", help="show the sweep progress bars")
+    ap.add_argument("--keep", metavar="DIR", help="write the reproduction here (must not exist) and keep it")
     args = ap.parse_args()
     spec = default_sweep()
     points = spec.points()
@@ -44,10 +45,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         tmp = Path(tmp)
         label = "reproduction on the analytic part of the default sweep" if args.quick else "full reproduction"
+        out = Path(args.keep) if args.keep else tmp / "repro"
+        if out.exists():
+            raise SystemExit(f"--keep: {out} exists; a cold run needs a fresh folder")
         print(f"{label}, cold (fresh store):")
-        cold = timed_reproduction(spec, tmp / "repro", args.progress)
+        cold = timed_reproduction(spec, out, args.progress)
         print(f"{label}, warm (same store):")
-        warm = timed_reproduction(spec, tmp / "repro", args.progress)
+        warm = timed_reproduction(spec, out, args.progress)
         walls = {}
         for workers in (1, 2):
             print(f"{len(engine_points)} stream points, {workers} worker(s), fresh store:")

@@ -90,3 +90,17 @@ def prefill(m, scheme, B, S, causal=False, n_kv=None):
         macs = B * (S * w_m(m) + h * pairs * (2 * dc + dr)) + per_step_merge(m)
         return Forms(macs, w_f(m), 0, B * S * lat, act)
     raise KeyError(scheme)
+
+
+def layer_by_layer_slope(m, scheme, n_kv=None):
+    """DRAM elements per extra cached token (decode, per sequence) when every node reads its inputs from DRAM and
+    writes its output back: the cache operands once per node that reads them, plus every h-wide score row
+    written and read again (scores h, rope scores h, their sum 3h, softmax 2h, context h for MLA; 4h for MHA).
+    For recompute the extra 2h(d_n + d_v) is §5.3's spill term."""
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    if scheme in ("mha", "gqa", "mqa"):
+        return 2 * (n_kv or h) * m.d_h + 4 * h
+    return {
+        "mla-naive": h * (dn + dr + dv) + 8 * h,
+        "mla-recompute": 2 * dc + 2 * h * (dn + dv) + dr + 8 * h,
+    }.get(scheme, 2 * dc + dr + 8 * h)  # absorb and both merged schemes: the latent read by scores and context

@@ -58,6 +58,19 @@ def test_per_token_slopes(model, scheme):
         assert b["macs"] - a["macs"] == slope[scheme]
 
 
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_layer_by_layer_bytes(model, scheme):
+    """No on-chip reuse between nodes: never below the analytic bytes, and per extra token it grows by the
+    hand-derived slope (with §5.3's spill term for recompute)."""
+    m = PRESETS[model]
+    spec, a = counted(model, scheme, "decode", 2, 1024)
+    _, b = counted(model, scheme, "decode", 2, 1025)
+    assert a["bytes_layer_by_layer"] >= a["bytes"]["total"]
+    slope = cf.layer_by_layer_slope(m, scheme, spec.group_kv_heads)
+    assert b["bytes_layer_by_layer"] - a["bytes_layer_by_layer"] == 2 * slope * m.bytes_per_element
+
+
 # §4.1, §5.5, §7 worked numbers (V3, p = 2): rounded as printed in the spec.
 @pytest.mark.parametrize(
     ("model", "w_f", "w_m"),

@@ -12,7 +12,8 @@ import stream
 from stream_mla.engines import EngineError, Hardware, evaluate
 from stream_mla.models import PRESETS as MODELS
 from stream_mla.platforms import PRESETS, load_platform
-from stream_mla.workloads import make_spec
+from stream_mla.workloads import build, make_spec
+from stream_mla.workloads.counts import count
 
 ROOT = Path(__file__).resolve().parents[1]
 LITE = MODELS["deepseek-v2-lite"]
@@ -64,6 +65,10 @@ def test_energy_accounting(edge_runs, scheme):
     # DRAM energy = bits moved x pJ/bit, and the engine moves at least the analytic bytes (spills add more)
     assert e["dram"] == pytest.approx(r.engine_dram_bytes * 8 * plat.dram_pj_per_bit, rel=1e-9)
     assert 1.0 <= r.engine_dram_bytes / r.dram_bytes <= 1.2
+    # per-step bytes add up, and with a fusion cut after every layer Stream moves what a no-reuse executor moves
+    assert sum(n.dram_bytes for n in r.nodes) == pytest.approx(r.engine_dram_bytes, rel=1e-9)
+    layerwise = count(build(decode(scheme)))["bytes_layer_by_layer"]
+    assert r.engine_dram_bytes == pytest.approx(layerwise, rel=0.02)
     # MAC energy is the MatMul MACs at the array's pJ/MAC plus vector-unit ops (softmax, norms): never below
     assert e["mac"] >= r.macs * plat.mac_pj * (1 - 1e-9)
     assert e["onchip_memory"] > 0 and e["onchip_transfer"] >= 0 and e["static"] == 0

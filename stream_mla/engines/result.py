@@ -25,6 +25,7 @@ class NodeResult:
     bound: str  # "compute" | "transfer"
     energy_pj: float
     core: str = ""
+    dram_bytes: float = 0.0  # what the engine moved to and from DRAM for this step
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,8 @@ def collect(est, out: Path, hw: Hardware, onnx_path: Path, counts: dict, strateg
         rows.append(NodeResult(name="+".join(names), op="+".join(dict.fromkeys(node_ops.get(n, "?") for n in names)),
                                macs=macs, cycles=float(group["latency"]["total"]),
                                bound="compute" if bottleneck["compute_bound_pct"] >= 50 else "transfer",
-                               energy_pj=e["total_pj"], core=",".join(map(str, cores))))  # fmt: skip
+                               energy_pj=e["total_pj"], core=",".join(map(str, cores)),
+                               dram_bytes=bits / 8))  # fmt: skip
     if stream_macs != counts["macs"]:
         warnings.append(f"Stream's groups cover {stream_macs} MACs, the graph has {counts['macs']}")
     if energy["onchip_transfer"] < -1e-6 * max(1.0, energy["dram"]):

@@ -201,7 +201,8 @@ def evaluate_zigzag(
     for layer, cme in layers:
         for name, pj in energy_by_memory(cme).items():
             energy["mac" if name == "MAC" else "dram" if is_dram(name) else "onchip_memory"] += pj
-        engine_dram += dram_bytes_moved(cme)
+        moved = dram_bytes_moved(cme)
+        engine_dram += moved
         nodes.append(
             NodeResult(
                 name=layer.name,
@@ -211,6 +212,7 @@ def evaluate_zigzag(
                 bound=node_bound(cme),
                 energy_pj=float(cme.energy_total),
                 core="core0",  # one ZigZag core: the platform's cores are not modelled (single-core search)
+                dram_bytes=moved,
             )
         )
     energy["static"] = platform.static_energy_pj(latency)

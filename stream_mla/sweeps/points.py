@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 
 from stream_mla import __version__
 from stream_mla.engines import evaluate
+from stream_mla.engines.result import Result
 from stream_mla.models import PRESETS as MODEL_PRESETS
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.workloads import WorkloadSpec, build, make_spec
@@ -32,7 +33,8 @@ ROW_COLUMNS = (
     "macs", "macs_causal", "weight_bytes", "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes",
     "oi", "roofline_compute_s", "roofline_memory_s", "roofline_s", "bound", "latency_cycles", "latency_s",
     "energy_pj", "energy_mac_pj", "energy_onchip_memory_pj", "energy_dram_pj", "energy_onchip_transfer_pj",
-    "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings",
+    "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings", "layer_by_layer_bytes",
+    "hotspot", "hotspot_cycle_share", "hotspot_mac_util", "excess_step", "excess_bytes",
 )  # fmt: skip
 
 
@@ -88,6 +90,21 @@ def analytic_row(counts: dict, p: PlatformSpec) -> dict:
             "engine_dram_bytes": float(counts["bytes"]["total"]), "engine_wall_s": 0.0, "warnings": "[]"}  # fmt: skip
 
 
+def engine_diagnostics(res: Result, counts: dict, p: PlatformSpec) -> dict:
+    """Why an engine run departs from the roofline, from its own steps: the step taking most cycles (its share
+    and its attained fraction of the platform's peak MAC rate) and the step that moved most DRAM bytes beyond
+    its nodes' own inputs and outputs (a re-fetch inside the step: its working set did not fit on-chip)."""
+    io = {n["name"]: n["io_bytes"] for n in counts["nodes"]}
+    total = sum(n.cycles for n in res.nodes)
+    hot = max(res.nodes, key=lambda n: n.cycles)
+    peak_per_cycle = p.peak_mac_per_s / (p.clock_ghz * 1e9)
+    excess = {n.name: n.dram_bytes - sum(io.get(part, 0) for part in n.name.split("+")) for n in res.nodes}
+    worst = max(excess, key=excess.get)
+    return {"hotspot": hot.name, "hotspot_cycle_share": hot.cycles / total if total else None,
+            "hotspot_mac_util": hot.macs / (hot.cycles * peak_per_cycle) if hot.cycles else None,
+            "excess_step": worst, "excess_bytes": max(excess[worst], 0.0)}  # fmt: skip
+
+
 def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None = None) -> dict:
     """Cost one point; raises (SpecError, EngineError) on failure. The row has every ROW_COLUMNS entry."""
     spec, p = point.workload(), point.platform_spec()
@@ -103,6 +120,8 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         "kv_read_bytes": b["kv_read"], "kv_write_bytes": b["kv_write"], "activation_bytes": b["activations"],
         "dram_bytes": b["total"], "oi": counts["operational_intensity"], "roofline_compute_s": r.compute_s,
         "roofline_memory_s": r.memory_s, "roofline_s": r.bound_s, "bound": r.bound,
+        "layer_by_layer_bytes": counts["bytes_layer_by_layer"], "hotspot": None, "hotspot_cycle_share": None,
+        "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None,
     }  # fmt: skip
     if point.engine == "analytic":
         row.update(analytic_row(counts, p))
@@ -113,7 +132,7 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         row.update({"strategy": res.strategy, "latency_s": res.latency_s, "latency_cycles": res.latency_cycles,
                     "energy_pj": res.energy_pj, **{f"energy_{k}_pj": v for k, v in e.items()},
                     "engine_dram_bytes": res.engine_dram_bytes, "engine_wall_s": res.engine_wall_s,
-                    "warnings": json.dumps(res.warnings)})  # fmt: skip
+                    "warnings": json.dumps(res.warnings), **engine_diagnostics(res, counts, p)})  # fmt: skip
     missing = set(ROW_COLUMNS) - set(row)
     assert not missing, f"row lacks {missing}"
     return {c: row[c] for c in ROW_COLUMNS}

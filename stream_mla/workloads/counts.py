@@ -4,6 +4,9 @@
 - DRAM bytes, per step: every weight once (rank >= 2 floating initializers, whether a MatMul reads it directly
   or through a layout view), every KV-cache input once, the cache write (tensors the exporter marked, times
   their per-head copies), and activations in/out (x and the output). Intermediates stay on-chip.
+- Layer-by-layer bytes: the traffic of an executor that keeps nothing on-chip between nodes, each node reading
+  all its inputs from DRAM and writing its output back (layout views are free). The upper reference for an engine
+  run with a fusion cut after every layer, as the lower one above is for a perfect one.
 - Prefill: `macs_causal` applies the exact causal factor (S+1)/(2S) to the S x S nodes the exporter marked.
 """
 
@@ -16,6 +19,7 @@ import onnx
 
 from stream_mla.workloads.graph import META_PREFIX
 
+LAYOUT_OPS = ("Reshape", "Transpose")  # views: the engines move no data for them
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8)
 
 
@@ -58,6 +62,7 @@ def count(model: onnx.ModelProto) -> dict:
     seq = shapes["x"][1]
     causal_factor = (seq + 1, 2 * seq)  # exact: S(S+1)/2 of the S^2 query-key pairs
 
+    numel = {name: math.prod(shape) for name, shape in shapes.items()}
     nodes, macs, macs_causal = [], 0, 0
     for n in g.node:
         node_macs = 0
@@ -66,10 +71,11 @@ def count(model: onnx.ModelProto) -> dict:
         node_causal = node_macs * causal_factor[0] // causal_factor[1] if n.name in causal else node_macs
         macs += node_macs
         macs_causal += node_causal
+        io = 0 if n.op_type in LAYOUT_OPS else sum(numel[t] for t in (*n.input, *n.output) if t in numel)
         nodes.append({"name": n.name, "op": n.op_type, "macs": node_macs, "macs_causal": node_causal,
-                      "flops": 2 * node_macs, "output_shape": list(shapes.get(n.output[0], ()))})  # fmt: skip
+                      "flops": 2 * node_macs, "output_shape": list(shapes.get(n.output[0], ())),
+                      "io_bytes": io * p})  # fmt: skip
 
-    numel = {name: math.prod(shape) for name, shape in shapes.items()}
     elems = {
         "weights": sum(numel[w] for w in weights),
         "kv_read": sum(numel[c] for c in caches),
@@ -89,6 +95,7 @@ def count(model: onnx.ModelProto) -> dict:
         "elements": elems,
         "bytes": byte_counts,
         "operational_intensity": 2 * macs / byte_counts["total"],
+        "bytes_layer_by_layer": sum(n["io_bytes"] for n in nodes),
         "nodes": nodes,
     }
 
