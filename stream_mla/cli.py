@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         hw = Hardware.from_platform(load_platform(args.platform))
     spec = workload_from_args(args)
     try:
-        result = evaluate(spec, hw, args.engine, timeout_s=args.timeout, workdir=args.workdir)
+        result = evaluate(spec, hw, args.engine, timeout_s=args.timeout, workdir=args.workdir, strategy=args.strategy)
     except EngineError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -156,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
     rn.add_argument("--hardware", help="a raw Stream hardware YAML instead of a platform")
     rn.add_argument("--clock-ghz", type=float, default=1.0, help="clock of a raw --hardware YAML (default 1.0)")
     rn.add_argument("--engine", default="stream", help="stream or zigzag")
+    rn.add_argument("--strategy", default="auto",
+                    help="Stream: auto (keep-softmax, per-layer, then fixed-mapping) or one of them")  # fmt: skip
     rn.add_argument("--timeout", type=float, default=900.0, help="seconds before the engine process is killed")
     rn.add_argument("--workdir", help="keep the engine's files here (default: a temporary folder)")
     rn.add_argument("--json", action="store_true")

@@ -6,6 +6,8 @@ results (stream, zigzag) are drawn with markers, the analytic roofline as thin l
 A figure whose data is absent raises `NoData`; `make_figures` logs it and goes on.
 """
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,6 +20,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+
+from stream_mla import __version__
 
 log = logging.getLogger(__name__)
 
@@ -493,13 +497,27 @@ FIGURES: dict[str, Callable[[pd.DataFrame, Path], list[Path]]] = {
 
 
 def make_figures(df: pd.DataFrame, out_dir: str | Path, only: Iterable[str] | None = None) -> list[Path]:
-    """Every figure that has data; a figure without data is skipped with a logged note."""
+    """Every figure that has data; a figure without data is skipped with a logged note.
+
+    Figures are a pure function of the table: when `out_dir` holds the files drawn from the same rows by the
+    same code (a stamp file records the digest), they are reused instead of drawn again."""
+    out = Path(out_dir)
+    wanted = [fid for fid in FIGURES if only is None or fid in only]
+    rows = pd.util.hash_pandas_object(df.sort_index(axis=1), index=False).to_numpy().tobytes()
+    code = Path(__file__).read_bytes()  # a changed figure function must redraw
+    digest = hashlib.sha256(rows + code + f"{__version__} {wanted}".encode()).hexdigest()
+    stamp = out / ".figures.json"
+    if stamp.is_file():
+        cached = json.loads(stamp.read_text())
+        files = [out / f for f in cached["files"]]
+        if cached["digest"] == digest and all(f.is_file() for f in files):
+            return files
     files: list[Path] = []
-    for fid, fn in FIGURES.items():
-        if only is not None and fid not in only:
-            continue
+    for fid in wanted:
         try:
-            files += fn(df, Path(out_dir))
+            files += FIGURES[fid](df, out)
         except NoData as exc:
             log.warning("skipped %s", exc)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"digest": digest, "files": [f.name for f in files]}) + "\n")
     return files

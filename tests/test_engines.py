@@ -4,6 +4,7 @@ The heavy version (V3, every preset) is scripts/physics_report.py."""
 
 import logging
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import stream
 from stream_mla.engines import EngineError, Hardware, evaluate
 from stream_mla.models import PRESETS as MODELS
 from stream_mla.platforms import PRESETS, load_platform
-from stream_mla.workloads import build, make_spec
+from stream_mla.workloads import build, export, make_spec
 from stream_mla.workloads.counts import count
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +118,59 @@ def test_infeasible_pair_names_platform_layer_and_memory(tmp_path):
     msg = str(info.value)
     assert "tiny-npu" in msg and "layer scores" in msg and "tiny-npu_mxu" in msg and "256.0 KB" in msg
     assert "\n" not in msg
+
+
+def test_fixed_mapping_tiles_like_the_hand_mapping():
+    """engines.md §4's hand mapping of edge MHA decode at L = 32768 tiles scores and ctx by one head and 2048
+    tokens; the generator finds the same tiles, keeps every tile within half the memory, never tiles the
+    Softmax's reduction axis, and names the layer when even one row cannot fit."""
+    from stream.frontends import load_workload
+
+    from stream_mla.engines.stream_mapping import MappingError, compute_cores, dim_sizes, fixed_mapping, footprint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export(decode("mha", context=32768), Path(tmp) / "mha.onnx")
+        hw = Hardware.from_platform(PRESETS["edge-npu"])
+        m = fixed_mapping(onnx_path, hw.stream, 2)
+        tiles = {g["name"]: {t["dim"]: t["tile"] for t in g["intra_core_tiling"]} for g in m["fused_groups"]}
+        assert tiles["scores"] == {"scores.D1": 1, "scores.D3": 2048}
+        assert tiles["ctx"] == {"ctx.D1": 1, "ctx.D4": 2048}
+        assert "probs.D3" not in tiles["probs"]  # the Softmax reduces over D3 = L
+        cores = {c.id: c for c in compute_cores(hw.stream)}
+        alloc = {layer["name"]: layer["core_allocation"][0] for layer in m["layers"]}
+        for node in load_workload(str(onnx_path)).dataflow_sort():
+            if node.name in tiles:
+                tile = {**dim_sizes(node), **{int(k.split(".D")[1]): v for k, v in tiles[node.name].items()}}
+                budget = min(cores[c].memory_bytes for c in alloc[node.name]) // 2
+                assert footprint(node, tile, 2) <= budget, node.name
+        small = {**hw.stream, "cores": {**hw.stream["cores"], 1: {**hw.stream["cores"][1],
+                 "memories": {"vsram": {"size": 64 * 1024 * 8}}}}}  # fmt: skip
+        with pytest.raises(MappingError, match="layer probs: its smallest tile needs 131072 B, the memory holds"):
+            fixed_mapping(onnx_path, small, 2)
+
+
+def test_fixed_mapping_agrees_with_the_generic_mapper(edge_runs):
+    generic = edge_runs["mha"]
+    r = evaluate(decode("mha"), "edge-npu", strategy="fixed-mapping")
+    assert r.strategy == "fixed-mapping" and not r.warnings
+    assert r.latency_s >= r.roofline_bound_s
+    assert r.latency_cycles == pytest.approx(generic.latency_cycles, rel=0.03)
+    assert r.engine_dram_bytes == pytest.approx(generic.engine_dram_bytes, rel=0.02)
+
+
+def test_fallback_to_the_fixed_mapping_is_recorded(tmp_path):
+    """A 64 KiB vector unit cannot hold the Softmax rows the generic mapper pins; the fixed mapping tiles them
+    by head and runs (per-layer cuts are skipped here to reach it)."""
+    from stream_mla.engines.stream_runner import evaluate_stream
+
+    path = tmp_path / "small-vpu.yaml"
+    path.write_text(USER_PLATFORM + "vector_sram_bytes: 64 KiB\n")
+    hw = Hardware.from_platform(load_platform(path))
+    onnx_path = export(decode("mha", context=8192), tmp_path / "mha.onnx")
+    r = evaluate_stream(onnx_path, hw, tmp_path, strategies=("keep-softmax", "fixed-mapping"))
+    assert r.strategy == "fixed-mapping"
+    assert any(w.startswith("strategy keep-softmax: layer probs") and "64.0 KB" in w for w in r.warnings)
+    assert 1.0 <= r.latency_s / r.roofline_bound_s <= MEMORY_BOUND_FACTOR
 
 
 def test_stock_engines_take_committed_files(tmp_path):

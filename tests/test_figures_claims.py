@@ -96,6 +96,19 @@ def test_figures_are_deterministic(table, figures, tmp_path):
         assert f.read_bytes() == first[f.name].read_bytes(), f.name
 
 
+def test_figures_are_reused_until_the_rows_change(table, tmp_path):
+    first = make_figures(table, tmp_path, only=["F1"])
+    stamps = {f: f.stat().st_mtime_ns for f in first}
+    assert make_figures(table, tmp_path, only=["F1"]) == first
+    assert {f: f.stat().st_mtime_ns for f in first} == stamps  # same rows: nothing redrawn
+    changed = table.copy()
+    changed.loc[changed["scheme"] == "mha", "oi"] *= 2
+    csv = tmp_path / "F1_oi_vs_context.csv"
+    before = csv.read_bytes()
+    make_figures(changed, tmp_path, only=["F1"])
+    assert csv.read_bytes() != before
+
+
 def test_figures_skip_missing_data(table, tmp_path, caplog):
     decode_only = table[table["phase"] == "decode"]
     files = make_figures(decode_only, tmp_path, only=["F5"])

@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 from stream_mla.engines.hardware import Hardware
-from stream_mla.engines.result import ENERGY_COMPONENTS, EngineError, NodeResult, Result
+from stream_mla.engines.result import ENERGY_COMPONENTS, STREAM_STRATEGIES, EngineError, NodeResult, Result
 from stream_mla.errors import SpecError
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.workloads import WorkloadSpec, export
@@ -27,12 +27,12 @@ def resolve_hardware(platform: PlatformSpec | Hardware | str | Path) -> Hardware
     return Hardware.from_platform(platform if isinstance(platform, PlatformSpec) else load_platform(platform))
 
 
-def run_engine(engine: str, onnx_path: Path, hw: Hardware, workdir: Path) -> Result:
+def run_engine(engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strategy: str = "auto") -> Result:
     """In-process run (the child side of evaluate)."""
     if engine == "stream":
         from stream_mla.engines.stream_runner import evaluate_stream
 
-        return evaluate_stream(onnx_path, hw, workdir)
+        return evaluate_stream(onnx_path, hw, workdir, STREAM_STRATEGIES if strategy == "auto" else (strategy,))
     if hw.platform is None:
         raise SpecError("--engine zigzag needs a platform spec (--platform), not a raw Stream --hardware YAML")
     from stream_mla.engines.zigzag_runner import evaluate_zigzag
@@ -40,9 +40,9 @@ def run_engine(engine: str, onnx_path: Path, hw: Hardware, workdir: Path) -> Res
     return evaluate_zigzag(onnx_path, hw.platform, workdir)
 
 
-def _child(conn, engine: str, onnx_path: Path, hw: Hardware, workdir: Path) -> None:
+def _child(conn, engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strategy: str) -> None:
     try:
-        conn.send(("ok", run_engine(engine, onnx_path, hw, workdir)))
+        conn.send(("ok", run_engine(engine, onnx_path, hw, workdir, strategy)))
     except SpecError as exc:
         conn.send(("spec", str(exc)))
     except EngineError as exc:
@@ -59,14 +59,19 @@ def evaluate(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workdir: str | Path | None = None,
+    strategy: str = "auto",
 ) -> Result:
     """Latency and energy of one attention layer on one accelerator, from a real engine run.
 
     workload: a WorkloadSpec (exported in shapes mode into the run folder) or an exported .onnx file.
     platform: a preset name, a platform YAML, a PlatformSpec, or a Hardware (e.g. from a raw Stream YAML).
+    strategy: Stream only; "auto" tries keep-softmax, per-layer, then the fixed mapping; a name runs just that one.
     """
     if engine not in ENGINES:
         raise SpecError(f"--engine: {engine!r} (allowed: {', '.join(ENGINES)})")
+    if strategy != "auto" and (engine != "stream" or strategy not in STREAM_STRATEGIES):
+        allowed = ("auto", *STREAM_STRATEGIES) if engine == "stream" else ("auto",)
+        raise SpecError(f"--strategy: {strategy!r} for {engine} (allowed: {', '.join(allowed)})")
     hw = resolve_hardware(platform)
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"stream-mla-{engine}-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +83,9 @@ def evaluate(
             raise SpecError(f"workload: no such ONNX file {onnx_path}")
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no engine state shared between runs
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, engine, onnx_path.resolve(), hw, workdir.resolve()), daemon=True)
+    proc = ctx.Process(
+        target=_child, args=(child, engine, onnx_path.resolve(), hw, workdir.resolve(), strategy), daemon=True
+    )
     proc.start()
     child.close()
     try:

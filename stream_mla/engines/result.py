@@ -14,6 +14,10 @@ class EngineError(RuntimeError):
     """An engine run failed (infeasible, timed out, or crashed); the message is one readable line."""
 
 
+# Stream strategies in the order "auto" tries them (engines.md §6)
+STREAM_STRATEGIES = ("keep-softmax", "per-layer", "fixed-mapping")
+
+
 @dataclass(frozen=True)
 class NodeResult:
     """One costed step: a layer, or a fused group of engine nodes (e.g. a Softmax's pieces)."""

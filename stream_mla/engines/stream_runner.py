@@ -2,8 +2,9 @@
 
 Strategies, tried in order until one is feasible (engines.md §6): cuts after every layer that keep a Softmax's
 pieces together (default-fusion cycles at per-layer speed), then plain per-layer cuts (every Softmax piece
-round-trips DRAM, pessimistic). The strategy that gave the result is recorded with it: points from different
-strategies are not comparable to within a few percent (trap 8).
+round-trips DRAM, pessimistic), then a fixed mapping that tiles each layer to fit its cores' memory
+(`stream_mapping.py`; it costs a Softmax as one node). The strategy that gave the result is recorded with it:
+points from different strategies are not comparable to within a few percent (trap 8).
 
 Energy (trap 1, 5, 7): Stream reports per group the in-core ZigZag energy and the transfer energy. In-core
 energy is split into MAC and on-chip memory with the per-iteration ZigZag cost entries Stream saves for the
@@ -24,11 +25,11 @@ from stream.workload.node import HasIterationSpace
 from stream.workload.normalization import expand_normalizations
 
 from stream_mla.engines.hardware import Hardware
-from stream_mla.engines.result import EngineError, NodeResult, Result
+from stream_mla.engines.result import STREAM_STRATEGIES, EngineError, NodeResult, Result
+from stream_mla.engines.stream_mapping import MappingError, write_fixed_mapping
 from stream_mla.workloads.counts import count_file, roofline
 
 SOFTMAX_PARTS = ("_max", "_exp", "_sum", "_div")
-STRATEGIES = ("keep-softmax", "per-layer")
 
 
 class InfeasibleError(EngineError):
@@ -50,7 +51,13 @@ def layer_name(stream_node: str) -> str:
     return stream_node
 
 
-def run_strategy(hw_yaml: Path, onnx_path: Path, out: Path, strategy: str):
+def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strategy: str):
+    if strategy == "fixed-mapping":
+        out.mkdir(parents=True, exist_ok=True)
+        p = count_file(onnx_path)["bytes_per_element"]
+        mapping = write_fixed_mapping(onnx_path, hw.stream, p, out / "fixed-mapping.yaml")
+        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), mapping=str(mapping),
+                                options=SolveOptions(artifacts=False))  # fmt: skip
     cuts = keep_softmax_cuts(onnx_path) if strategy == "keep-softmax" else "per-layer"
     options = SolveOptions(artifacts=False, stage_options={"fusion_cut_points": cuts})
     return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options)
@@ -76,7 +83,7 @@ def in_core_split(out: Path, index: int, group: dict) -> tuple[float, float]:
     return mac, total
 
 
-def evaluate_stream(onnx_path: Path, hw: Hardware, workdir: Path, strategies=STRATEGIES) -> Result:
+def evaluate_stream(onnx_path: Path, hw: Hardware, workdir: Path, strategies=STREAM_STRATEGIES) -> Result:
     onnx_path, workdir = Path(onnx_path), Path(workdir)
     counts = count_file(onnx_path)
     hw_yaml = hw.stream_yaml(workdir)
@@ -87,10 +94,12 @@ def evaluate_stream(onnx_path: Path, hw: Hardware, workdir: Path, strategies=STR
         for strategy in strategies:
             out = workdir / f"stream-{strategy}"
             try:
-                est = run_strategy(hw_yaml, onnx_path, out, strategy)
+                est = run_strategy(hw, hw_yaml, onnx_path, out, strategy)
                 break
             except InfeasibleAllocationError as exc:
                 failures.append(describe_infeasible(hw, strategy, exc))
+            except MappingError as exc:
+                failures.append(f"{strategy}: {exc}")
         else:
             raise InfeasibleError(infeasible_message(hw, onnx_path, failures))
     finally:
