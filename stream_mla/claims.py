@@ -144,7 +144,8 @@ def claim_c1(df: pd.DataFrame) -> dict:
         m, ab = g[g["scheme"] == "mha"], g[g["scheme"] == "mla-absorb"]
         if len(m) and len(ab) and ab["engine_dram_bytes"].iloc[0] > 0:
             ratio = m["engine_dram_bytes"].iloc[0] / ab["engine_dram_bytes"].iloc[0]
-            measured.append(f"{key[0]} mha/absorb {key[1]} L={_k(int(key[4]))} {ratio:.2f}")
+            bw = "" if np.isclose(float(key[2]), 1.0) else f"@bw{float(key[2]):g}"
+            measured.append(f"{key[0]} mha/absorb {key[1]}{bw} L={_k(int(key[4]))} {ratio:.2f}")
     if bad:
         notes.append("Departures: " + "; ".join(bad[:6]) + (" ..." if len(bad) > 6 else "") + ".")
     notes.append("At short L part of the gain is MLA's smaller projection weights (187 M vs 470 M elements).")
