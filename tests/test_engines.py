@@ -76,6 +76,21 @@ def test_energy_accounting(edge_runs, scheme):
     assert r.energy_pj == pytest.approx(sum(n.energy_pj for n in r.nodes) + e["static"], rel=1e-9)
 
 
+@pytest.mark.parametrize("scheme", ["mha", "mla-absorb"])
+def test_engine_diagnostics_of_a_sweep_row(edge_runs, scheme):
+    from stream_mla.sweeps.points import engine_diagnostics
+
+    r, p = edge_runs[scheme], PRESETS["edge-npu"]
+    d = engine_diagnostics(r, count(build(decode(scheme))), p)
+    hot = max(r.nodes, key=lambda n: n.cycles)
+    assert d["hotspot"] == hot.name
+    assert d["hotspot_cycle_share"] == pytest.approx(hot.cycles / r.latency_cycles, rel=0.02)  # steps run in turn
+    assert d["hotspot_mac_util"] == pytest.approx(hot.macs / (hot.cycles * p.cores * p.rows * p.cols))
+    assert 0 < d["hotspot_mac_util"] <= 1
+    # Stream moves what the layer-by-layer reference moves: no step re-fetches more than 2 % of the layer's bytes
+    assert 0 <= d["excess_bytes"] <= 0.02 * r.dram_bytes
+
+
 def test_mha_is_dram_dominated_and_slower_than_absorb(edge_runs):
     mha, absorb = edge_runs["mha"], edge_runs["mla-absorb"]
     assert mha.energy_breakdown_pj["dram"] / mha.energy_pj > 0.8
