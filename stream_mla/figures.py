@@ -138,6 +138,17 @@ def _lines_and_markers(ax, d: pd.DataFrame, x: str, y: str, xscale: float = 1.0,
 
 
 # ---------------------------------------------------------------------------------------------- F1
+def _close_ridges(ridges: pd.Series, ratio: float = 1.4) -> list[list[str]]:
+    """Platforms by ridge, grouped while each ridge is within `ratio` of the previous one."""
+    groups: list[list[str]] = []
+    for p in ridges.sort_values().index:
+        if groups and ridges[p] / ridges[groups[-1][-1]] < ratio:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    return groups
+
+
 def fig_oi(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """F1: operational intensity vs L per scheme (V3 decode), attention-core OI dashed, preset ridges dotted."""
     df = ok_rows(df)
@@ -164,9 +175,10 @@ def fig_oi(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                          for c, o in zip(ctx, core, strict=True)]  # fmt: skip
         for p in ordered(ridges.index, PLATFORMS):
             ax.axhline(ridges[p], color="grey", ls=":", lw=0.8)
-            ax.annotate(f"{p} ({ridges[p]:.0f})", (0.01, ridges[p]), xycoords=("axes fraction", "data"),
-                        fontsize=6, color="grey", va="bottom")  # fmt: skip
             recs.append({"batch": b, "kind": "ridge", "series": p, "context": np.nan, "oi": ridges[p]})
+        for names in _close_ridges(ridges):  # one label per cluster of nearby ridges, so labels never overlap
+            ax.annotate(", ".join(f"{p} ({ridges[p]:.0f})" for p in names), (0.99, ridges[names[0]]),
+                        xycoords=("axes fraction", "data"), fontsize=6, color="grey", va="top", ha="right")  # fmt: skip
         ax.set(xscale="log", yscale="log", xlabel="context L (tokens)", title=f"{short(MODEL)} decode, B = {b}")
         ax.set_xscale("log", base=2)
         ax.grid(True, which="major", alpha=0.3)
