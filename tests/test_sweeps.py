@@ -247,3 +247,17 @@ def test_cli_sweep_and_results(tmp_path, capsys):
     ]:
         with pytest.raises(SpecError, match=msg):
             _cli(argv)
+
+
+def test_zigzag_point_through_the_store(tmp_path):
+    """A ZigZag point lands in the store like any other: at or above the roofline, its DRAM bytes between the
+    analytic (perfect reuse) and the layer-by-layer (no reuse between layers) references."""
+    pt = SweepPoint(model="deepseek-v2-lite", scheme="mla-absorb", context=256, platform="edge-npu", engine="zigzag")
+    stats = run_sweep([pt], tmp_path / "z.sqlite", workers=1, progress=False)
+    assert stats["done"] == 1 and stats["failed"] == 0
+    with ResultStore(tmp_path / "z.sqlite") as store:
+        row = store.get(pt.key())
+    assert row["status"] == "ok" and row["strategy"].startswith("zigzag-loma")
+    assert row["latency_s"] >= row["roofline_s"] * (1 - 1e-9)
+    assert row["dram_bytes"] <= row["engine_dram_bytes"] <= row["layer_by_layer_bytes"] * 1.02
+    assert "Softmax" in row["warnings"]  # ZigZag leaves the vector ops free, and says so
