@@ -360,6 +360,16 @@ def claim_pair(df: pd.DataFrame, cid: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- C4
+def _growth(d: pd.DataFrame) -> dict[str, float]:
+    """T(32k)/T(1k) per scheme present at both contexts."""
+    gr = {}
+    for s in ordered(d["scheme"].unique(), ABBR):
+        t1, t32 = _first(d, "latency_s", scheme=s, context=1024), _first(d, "latency_s", scheme=s, context=32768)
+        if t1 and t32:
+            gr[s] = t32 / t1
+    return gr
+
+
 def claim_c4(df: pd.DataFrame) -> dict:
     dec = select(_decode(df, engine=""), model=MODEL, bw_scale=1.0)
     measured, checks, notes = [], [], []
@@ -374,13 +384,14 @@ def claim_c4(df: pd.DataFrame) -> dict:
         if src is None:
             continue
         de = d[d["engine"] == src]
-        gr = {}
-        for s in ordered(de["scheme"].unique(), ABBR):
-            t1, t32 = _first(de, "latency_s", scheme=s, context=1024), _first(de, "latency_s", scheme=s, context=32768)
-            if t1 and t32:
-                gr[s] = t32 / t1
+        gr = _growth(de)
         checks += [gr["mha"] >= 3.0, gr["mla-absorb"] <= 1.2]
         measured.append(f"T(32k)/T(1k) {p} [{src}]: " + ", ".join(f"{ABBR[s]} {v:.2f}" for s, v in gr.items()))
+        for eng in sorted(set(d["engine"]) - {src, "analytic"}):  # other engines and forced Stream strategies
+            other = _growth(d[d["engine"] == eng])
+            if other:
+                notes.append(f"Not tested, for comparison: T(32k)/T(1k) {p} [{eng}]: "
+                             + ", ".join(f"{ABBR[s]} {v:.2f}" for s, v in other.items()) + ".")  # fmt: skip
         if src != "analytic":
             rows = de[de["scheme"].isin(["mha", "mla-absorb"])]
             notes.append(f"{src} {p}: " + "; ".join(f"{ABBR[r['scheme']]} L={_k(int(r['context']))} {_util(r)}"

@@ -32,7 +32,8 @@ COLORS = {"mha": "#d62728", "mla-naive": "#ff7f0e", "mla-absorb": "#1f77b4", "ml
           "mla-merged": "#9467bd", "mla-merged-per-step": "#8c564b"}  # fmt: skip
 PLATFORMS = ("edge-npu", "cloud-fusemax", "tpu-v5e-like", "h100-like", "h20-like")
 ENGINES = ("stream", "zigzag")  # measured engines, preferred first
-MARKERS = {"stream": "o", "zigzag": "s"}
+MARKERS = {"stream": "o", "zigzag": "s", "stream:keep-softmax": "v", "stream:per-layer": "<",
+           "stream:fixed-mapping": "^"}  # fmt: skip
 MODEL = "deepseek-v3"
 EDGE_MODEL = "deepseek-v2-lite"  # §9 F2: V2-Lite on edge-npu
 TIE = 0.05  # F6: top two within 5 % are a tie

@@ -125,6 +125,19 @@ def test_claims_pass_on_analytic_rows(table):
     assert "C3b reproduces" in c.loc["C3b", "note"] and "C3a does not reproduce" in c.loc["C3a", "note"]
 
 
+def test_forced_strategy_rows_are_shown_not_tested(table):
+    a = table[table["engine"] == "analytic"]
+    pick = (a["platform"] == "h20-like") & (a["batch"] == 1) & a["context"].isin([1024, 32768])
+    forced = synthetic_engine(a[pick & a["scheme"].isin(["mha", "mla-absorb"])], factor=3.0)
+    forced["engine"], forced["key"] = "stream:fixed-mapping", forced["key"] + "-fixed"
+    c = claims(pd.concat([table, forced], ignore_index=True)).set_index("claim")
+    assert (
+        "Not tested, for comparison: T(32k)/T(1k) h20-like [stream:fixed-mapping]: mha 3.07, absorb 1.10"
+        in (c.loc["C4", "note"])
+    )  # a common factor leaves the growth as analytic
+    assert c.loc["C4", "result"] == claims(table).set_index("claim").loc["C4", "result"]
+
+
 def test_claims_use_engine_rows(table):
     c = claims(table).set_index("claim")
     assert (

@@ -82,7 +82,8 @@ def test_default_sweep():
     pts = default_sweep().points()
     stream = [p for p in pts if p.engine == "stream"]
     assert len(stream) == 24 + 6 + 9 + 12 + 2
-    assert len(pts) - len(stream) == 1080 + 960 - 6 * 2 * 9 + 40  # bw 1 of block 2 repeats block 1's fusemax points
+    assert sum(p.engine == "stream:fixed-mapping" for p in pts) == 2 * 2 * 2
+    assert sum(p.engine == "analytic" for p in pts) == 1080 + 960 - 6 * 2 * 9 + 40  # bw 1 of block 2 repeats block 1
 
 
 def test_store_round_trip_and_deterministic_exports(tmp_path):
@@ -247,6 +248,20 @@ def test_cli_sweep_and_results(tmp_path, capsys):
     ]:
         with pytest.raises(SpecError, match=msg):
             _cli(argv)
+
+
+def test_forced_stream_strategy_is_its_own_series(tmp_path):
+    pts = [SweepPoint(model="deepseek-v2-lite", scheme="mla-absorb", context=256, platform="edge-npu", engine=e)
+           for e in ("stream", "stream:fixed-mapping")]  # fmt: skip
+    assert pts[0].key() != pts[1].key()
+    run_sweep(pts, tmp_path / "s.sqlite", workers=2, progress=False)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        auto, fixed = (store.get(p.key()) for p in pts)
+    assert (auto["engine"], auto["strategy"]) == ("stream", "keep-softmax")
+    assert (fixed["engine"], fixed["strategy"]) == ("stream:fixed-mapping", "fixed-mapping")
+    assert fixed["engine_version"] == auto["engine_version"]
+    assert fixed["latency_s"] >= fixed["roofline_s"]
+    assert fixed["latency_cycles"] == pytest.approx(auto["latency_cycles"], rel=0.05)
 
 
 def test_zigzag_point_through_the_store(tmp_path):

@@ -18,13 +18,15 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 
 from stream_mla import __version__
 from stream_mla.engines import evaluate
-from stream_mla.engines.result import Result
+from stream_mla.engines.result import STREAM_STRATEGIES, Result
 from stream_mla.models import PRESETS as MODEL_PRESETS
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.workloads import WorkloadSpec, build, make_spec
 from stream_mla.workloads.counts import count, roofline
 
-Engine = Literal["analytic", "zigzag", "stream"]
+# "stream" runs Stream's strategies in turn (auto); "stream:<strategy>" forces one, as a series of its own
+ENGINES = ("analytic", "zigzag", "stream", *(f"stream:{s}" for s in STREAM_STRATEGIES))
+Engine = Literal[ENGINES]
 ENGINE_PACKAGES = {"stream": "stream-dse", "zigzag": "zigzag-dse"}
 
 ROW_COLUMNS = (
@@ -42,7 +44,8 @@ ROW_COLUMNS = (
 def engine_version(engine: str) -> str:
     if engine == "analytic":
         return f"stream-mla {__version__}"
-    return f"{ENGINE_PACKAGES[engine]} {version(ENGINE_PACKAGES[engine])}"
+    package = ENGINE_PACKAGES[engine.partition(":")[0]]
+    return f"{package} {version(package)}"
 
 
 class SweepPoint(BaseModel):
@@ -127,7 +130,8 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         row.update(analytic_row(counts, p))
     else:
         with tempfile.TemporaryDirectory(prefix="stream-mla-point-") as tmp:
-            res = evaluate(spec, p, point.engine, timeout_s=timeout_s, workdir=workdir or tmp)
+            engine, _, strategy = point.engine.partition(":")
+            res = evaluate(spec, p, engine, timeout_s=timeout_s, workdir=workdir or tmp, strategy=strategy or "auto")
         e = res.energy_breakdown_pj
         row.update({"strategy": res.strategy, "latency_s": res.latency_s, "latency_cycles": res.latency_cycles,
                     "energy_pj": res.energy_pj, **{f"energy_{k}_pj": v for k, v in e.items()},

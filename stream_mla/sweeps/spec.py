@@ -9,7 +9,7 @@
         context: [4096]
         platforms: [h100-like, my.yaml]   # presets or platform YAML paths (relative to the spec file)
         bw_scale: [1.0]               # DRAM-bandwidth scale factors, default [1.0]
-        engines: [analytic]           # analytic, zigzag, stream; default [analytic]
+        engines: [analytic]           # analytic, zigzag, stream (or stream:fixed-mapping, ...); default [analytic]
         kv_heads: [null]              # gqa only (ignored by other schemes); default [null]
 
 Every point is validated when the spec is loaded (its workload and platform are built), so a bad value ends
