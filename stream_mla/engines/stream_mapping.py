@@ -2,7 +2,8 @@
 place the tensors (engines.md §4, §6 fix 4).
 
 One fused group per layer, in dataflow order. A layer runs on every core that executes its operator (MatMuls on the
-matrix cores, split across them along their largest output dim; vector ops and the Softmax on the vector cores),
+matrix cores, split across them along their largest output dim that divides, else the largest dim that does; vector
+ops and the Softmax on the vector cores),
 and its intra-core tile is halved, each time along the dim that shrinks the tile's operands most, until they fit
 in half of the core's largest memory (the other half double-buffers). A Softmax's reduction axis is never tiled.
 """
