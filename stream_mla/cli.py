@@ -82,17 +82,38 @@ def cmd_count(args: argparse.Namespace) -> None:
             print(f"  {n['name']:<16} {n['op']:<8} {n['macs']:>16,}")
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    from stream_mla.engines import EngineError, Hardware, evaluate
+def hardware_from_args(args: argparse.Namespace):
+    from stream_mla.engines import Hardware
 
     if (args.platform is None) == (args.hardware is None):
         raise SpecError("--platform / --hardware: give exactly one (a preset name or platform YAML, or a Stream YAML)")
     if args.hardware is not None:
-        hw = Hardware.from_stream_yaml(args.hardware, clock_ghz=args.clock_ghz)
-    else:
-        from stream_mla.platforms import load_platform
+        return Hardware.from_stream_yaml(args.hardware, clock_ghz=args.clock_ghz)
+    from stream_mla.platforms import load_platform
 
-        hw = Hardware.from_platform(load_platform(args.platform))
+    return Hardware.from_platform(load_platform(args.platform))
+
+
+def cmd_mapping(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from stream_mla.engines.stream_mapping import MappingError, write_fixed_mapping
+
+    hw, spec = hardware_from_args(args), workload_from_args(args)
+    out = Path(args.output or f"{spec.slug}.{hw.name}.mapping.yaml")
+    with tempfile.TemporaryDirectory(prefix="stream-mla-mapping-") as tmp:
+        onnx_path = export(spec, Path(tmp) / f"{spec.slug}.onnx")
+        try:
+            write_fixed_mapping(onnx_path, hw.stream, spec.model.bytes_per_element, out)
+        except MappingError as exc:
+            raise SpecError(f"platform {hw.name}: {exc}") from None
+    print(f"wrote {out} (for evaluate_mapping(..., mapping={str(out)!r}))")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from stream_mla.engines import EngineError, evaluate
+
+    hw = hardware_from_args(args)
     spec = workload_from_args(args)
     try:
         result = evaluate(spec, hw, args.engine, timeout_s=args.timeout, workdir=args.workdir, strategy=args.strategy)
@@ -162,6 +183,13 @@ def parser() -> argparse.ArgumentParser:
     rn.add_argument("--workdir", help="keep the engine's files here (default: a temporary folder)")
     rn.add_argument("--json", action="store_true")
     rn.set_defaults(func=cmd_run)
+    mp = sub.add_parser("mapping", help="write a fixed Stream mapping (tiled to fit) for a workload, to edit or reuse")
+    add_model_args(mp)
+    mp.add_argument("--platform", help="preset name or platform YAML")
+    mp.add_argument("--hardware", help="a raw Stream hardware YAML instead of a platform")
+    mp.add_argument("--clock-ghz", type=float, default=1.0, help=argparse.SUPPRESS)
+    mp.add_argument("-o", "--output", help="output YAML (default <workload>.<platform>.mapping.yaml)")
+    mp.set_defaults(func=cmd_mapping)
     pl = sub.add_parser("platforms", help="list platform presets, or write their engine YAMLs")
     pl.add_argument("--write", action="store_true", help="regenerate accelerators/ and mappings/")
     pl.add_argument("--root", default=".", help="folder holding accelerators/ and mappings/")

@@ -220,6 +220,35 @@ def test_stock_engines_take_committed_files(tmp_path):
     assert 0 < est.cycles < weights_bound
 
 
+def test_mapping_command_feeds_stock_stream(tmp_path, capsys):
+    """`stream-mla mapping` writes a fixed mapping that plain evaluate_mapping takes with the committed files; a
+    layer that cannot fit ends in one line and exit code 2."""
+    from stream.api import SolveOptions, evaluate_mapping
+
+    from stream_mla.cli import main
+
+    out = tmp_path / "absorb.mapping.yaml"
+    argv = ["mapping", "--model", "deepseek-v2-lite", "--scheme", "mla-absorb", "--context", "1024"]
+    assert main([*argv, "--platform", "edge-npu", "-o", str(out)]) == 0
+    logging.disable(logging.WARNING)
+    try:
+        graph = ROOT / "onnx_models" / "deepseek-v2-lite_mla-absorb_decode_b1_l1024_bf16.onnx"
+        hw_yaml, opts = ROOT / "accelerators" / "stream" / "edge-npu.yaml", SolveOptions(artifacts=False)
+        est = evaluate_mapping(str(hw_yaml), str(graph), str(tmp_path / "stream"), mapping=str(out), options=opts)
+    finally:
+        logging.disable(logging.NOTSET)
+    roof = evaluate(decode("mla-absorb"), "edge-npu", strategy="fixed-mapping")
+    assert est.cycles == pytest.approx(roof.latency_cycles, rel=1e-9)  # the runner's fixed mapping is this file
+    assert est.cycles >= roof.roofline_bound_s * PRESETS["edge-npu"].clock_ghz * 1e9
+    small = tmp_path / "small-vpu.yaml"
+    small.write_text(USER_PLATFORM + "vector_sram_bytes: 64 KiB\n")
+    capsys.readouterr()
+    assert main(["mapping", "--model", "deepseek-v2-lite", "--scheme", "mha", "--context", "32768",
+                 "--platform", str(small), "-o", str(tmp_path / "x.yaml")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "platform my-npu: layer probs: its smallest tile needs 131072 B" in err
+
+
 def test_stream_is_deterministic_and_cli_json(tmp_path):
     """The same point twice gives identical numbers; `stream-mla run --json` carries the documented keys."""
     import json
