@@ -50,8 +50,6 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from stream_mla.reproduce import reproduce
     from stream_mla.sweeps.spec import load_sweep
 
-    if args.workers < 1:
-        raise SpecError(f"--workers: must be at least 1 (got {args.workers})")
     spec = None if args.spec is None else load_sweep(args.spec)
     r = reproduce(args.output, spec, workers=args.workers, progress=not args.quiet)
     s, w = r["sweep"], r["walls"]

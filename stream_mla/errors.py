@@ -1,6 +1,9 @@
 """One error type for bad user input: the CLI prints it as one line and exits with code 2."""
 
+from pathlib import Path
+
 import pydantic
+import yaml
 
 
 class SpecError(ValueError):
@@ -17,3 +20,11 @@ def first_error(exc: pydantic.ValidationError, prefix: str = "", as_flags: bool 
     if as_flags and field:
         field = "--" + field.replace("_", "-")
     return SpecError(f"{prefix}{field}: {msg}" if field else f"{prefix}{msg}")
+
+
+def read_document(path: str | Path, what: str) -> object:
+    """A YAML (or JSON, its subset) file's content; an unreadable or malformed file is one line naming it."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read {what}: {' '.join(str(exc).split())}") from None

@@ -4,14 +4,13 @@ Field names follow the symbols of attention-schemes.md §1.1. A spec without `kv
 MHA/GQA model: only the `mha`/`gqa`/`mqa` schemes apply to it.
 """
 
-import json
 from pathlib import Path
 from typing import Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from stream_mla.errors import SpecError, first_error
+from stream_mla.errors import SpecError, first_error, read_document
 
 Precision = Literal["bf16", "fp32", "int8", "fp8"]
 BYTES_PER_ELEMENT: dict[str, int] = {"bf16": 2, "fp32": 4, "int8": 1, "fp8": 1}
@@ -111,10 +110,9 @@ def validate(fields: dict, source: str) -> ModelSpec:
 def from_hf_config(path: str | Path) -> ModelSpec:
     """Read a Hugging Face config.json (DeepSeek-V2/V3 or a Llama-style MHA/GQA model)."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpecError(f"--hf-config: cannot read {path}: {exc}") from None
+    raw = read_document(path, "--hf-config")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: --hf-config must be a JSON object of field: value")
     missing = [k for k in HF_REQUIRED if raw.get(k) is None]
     if missing:
         raise SpecError(f"{path}: missing field {missing[0]} (required: {', '.join(HF_REQUIRED)})")

@@ -25,7 +25,8 @@ def reproduce(out_dir: str | Path = "results", spec: SweepSpec | Iterable[SweepP
     with ResultStore(out / "results.sqlite") as store:
         stats = run_sweep(default_sweep() if spec is None else spec, store, workers=workers, progress=progress)
         walls["sweep_s"] = time.perf_counter() - t
-        ok, everything = store.table(), store.table(include_failed=True)
+        everything = store.table(include_failed=True)
+    ok = everything[everything["status"] == "ok"].reset_index(drop=True)
     t = time.perf_counter()
     figures = make_figures(ok, out / "figures")
     walls["figures_s"] = time.perf_counter() - t

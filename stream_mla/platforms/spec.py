@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pydantic
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from stream_mla.errors import SpecError, first_error
+from stream_mla.errors import SpecError, first_error, read_document
 from stream_mla.models import BYTES_PER_ELEMENT, Precision
 
 # Stream's operand_precision only knows ELEMENT_BITS names (no fp8): fp8 is priced as an 8-bit type.
@@ -142,10 +141,7 @@ class PlatformSpec(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PlatformSpec":
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise SpecError(f"{path}: cannot read platform YAML: {str(exc).splitlines()[0]}") from None
+        raw = read_document(path, "platform YAML")
         if not isinstance(raw, dict):
             raise SpecError(f"{path}: a platform YAML must be a mapping of field: value")
         return cls.validate_fields({"name": path.stem, **raw}, str(path))

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from stream_mla.errors import SpecError, first_error
+from stream_mla.errors import SpecError, first_error, read_document
 from stream_mla.models import PRESETS as MODEL_PRESETS
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
 from stream_mla.sweeps.points import Engine, SweepPoint
@@ -121,11 +120,7 @@ def _resolve_platform(p: str, base: Path) -> str:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: cannot read sweep spec: {' '.join(str(exc).split())}") from None
-    return SweepSpec.from_dict(doc, source=str(path), base=path.parent)
+    return SweepSpec.from_dict(read_document(path, "sweep spec"), source=str(path), base=path.parent)
 
 
 def default_sweep() -> SweepSpec:
