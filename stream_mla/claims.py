@@ -12,6 +12,8 @@ import pandas as pd
 
 from stream_mla.figures import MODEL, PLATFORMS, bandwidth_sweep, ok_rows, ordered, select
 from stream_mla.models import PRESETS as MODEL_PRESETS
+from stream_mla.workloads.registry import NAMES as SCHEMES
+from stream_mla.workloads.registry import short
 
 COLUMNS = ("claim", "statement", "measured", "predicted", "result", "note")
 TOL = 0.10  # §8.2 C1/C2: within 10 %
@@ -43,8 +45,6 @@ PAIRS = {  # claim: (X does more FLOPs, Y moves more bytes, R* at B=1 L=4k quote
 }
 C4_GROWTH = {"mha": 3.07, "mla-naive": 6.68, "mla-absorb": 1.10, "mla-merged": 1.03}
 C4_GAP_B32 = {"cloud-fusemax": 18.2, "tpu-v5e-like": 18.2, "h100-like": 18.2, "edge-npu": 12.6, "h20-like": 7.3}
-ABBR = {"mha": "mha", "mla-naive": "naive", "mla-absorb": "absorb", "mla-recompute": "rc", "mla-merged": "merged",
-        "mla-merged-per-step": "per-step"}  # fmt: skip
 
 
 def _g(x: float) -> str:
@@ -183,11 +183,11 @@ def claim_c2(df: pd.DataFrame) -> dict:
         vals = []
         for s, p in pred.items():
             if s in oi.columns and pd.notna(oi.loc[L, s]):
-                vals.append(f"{ABBR[s]} {_g(oi.loc[L, s])}")
+                vals.append(f"{short(s)} {_g(oi.loc[L, s])}")
                 ok = abs(oi.loc[L, s] / p - 1) <= TOL
                 checks.append(bool(ok))
                 if not ok:
-                    off.append(f"{ABBR[s]}@{_k(L)} {oi.loc[L, s]:.3g} vs {p}")
+                    off.append(f"{short(s)}@{_k(L)} {oi.loc[L, s]:.3g} vs {p}")
         if vals:
             measured.append(f"OI L={_k(L)}: " + ", ".join(vals))
     if off:
@@ -197,7 +197,7 @@ def claim_c2(df: pd.DataFrame) -> dict:
     per = []
     for p in ordered(b4["platform"].unique(), PLATFORMS):
         bp = b4[b4["platform"] == p]
-        cb = [ABBR.get(s, s) for s in ordered(bp.loc[bp["bound"] == "compute", "scheme"], ABBR)]
+        cb = [short(s) for s in ordered(bp.loc[bp["bound"] == "compute", "scheme"], SCHEMES)]
         per.append(f"{p} {','.join(cb) or 'none'}")
         for s in ("mha", "mla-naive", "mla-absorb", "mla-merged"):
             if s in set(bp["scheme"]):
@@ -320,31 +320,31 @@ def claim_pair(df: pd.DataFrame, cid: str) -> dict:
     flips = False
     if len(pw):
         rstar = float(pw["rstar"].iloc[0])
-        measured.append(f"R* = F_{ABBR[x]}/Q_{ABBR[y]} (V3 B=1 L=4k) {rstar:.1f}")
+        measured.append(f"R* = F_{short(x)}/Q_{short(y)} (V3 B=1 L=4k) {rstar:.1f}")
         checks.append(rlo * (1 - TOL) <= rstar <= rhi * (1 + TOL))
         wins = []
         for r in sorted(pw.itertuples(), key=lambda r: PLATFORMS.index(r.platform) if r.platform in PLATFORMS else 99):
             w = x if r.t_x <= r.t_y else y
             wins.append(w)
-            measured.append(f"{r.platform} R={r.ridge:.0f} → {ABBR[w]} ({r.t_y / r.t_x:.2f}x)")
+            measured.append(f"{r.platform} R={r.ridge:.0f} → {short(w)} ({r.t_y / r.t_x:.2f}x)")
             if r.platform in PLATFORMS:
                 checks.append(w == (x if r.platform in x_wins else y))
         flips = len(set(wins)) > 1
     if len(ga):  # the crossover rule on every analytic point where Y is memory-bound
         m = ga[ga["bound_y"] == "memory"]
         rule = (m["t_x"] <= m["t_y"] * (1 + 1e-9)) == (m["ridge"] >= m["rstar"] * (1 - 1e-9))
-        measured.append(f"rule R ≥ R* ⇔ {ABBR[x]} wins holds at {int(rule.sum())}/{len(m)} analytic points")
+        measured.append(f"rule R ≥ R* ⇔ {short(x)} wins holds at {int(rule.sum())}/{len(m)} analytic points")
         checks.append(bool(rule.all()))
     ge = g[g["engine"] != "analytic"]
     ewins, bad = {}, []
     for r in ge.itertuples():
         w = x if r.t_x <= r.t_y else y
         ewins.setdefault(r.engine, set()).add(w)
-        measured.append(f"{r.engine} {r.model.removeprefix('deepseek-')} {r.platform} L={_k(r.context)} → {ABBR[w]}")
+        measured.append(f"{r.engine} {r.model.removeprefix('deepseek-')} {r.platform} L={_k(r.context)} → {short(w)}")
         pred_w = x if r.ridge >= r.rstar else y
         if w != pred_w:
-            bad.append(f"{r.engine} {r.platform} L={_k(r.context)}: {ABBR[w]} wins against R*={r.rstar:.0f} vs "
-                       f"R={r.ridge:.0f} ({ABBR[x]}: {r.why_x}; {ABBR[y]}: {r.why_y})")  # fmt: skip
+            bad.append(f"{r.engine} {r.platform} L={_k(r.context)}: {short(w)} wins against R*={r.rstar:.0f} vs "
+                       f"R={r.ridge:.0f} ({short(x)}: {r.why_x}; {short(y)}: {r.why_y})")  # fmt: skip
     if bad:
         notes.append("Engine winner departs from the roofline rule: " + "; ".join(bad) + ".")
     for eng, w in ewins.items():
@@ -353,8 +353,8 @@ def claim_pair(df: pd.DataFrame, cid: str) -> dict:
     notes.append(_abstract(flips, cid))
     rq = f"{rlo:g}" if rlo == rhi else f"{rlo:g}-{rhi:g}"
     pred = (
-        f"{ABBR[x]} wins iff R ≥ R* = F_{ABBR[x]}/Q_{ABBR[y]} ≈ {rq} FLOP/B (V3 B=1 L=4k, §8.2): "
-        f"{ABBR[x]} on {', '.join(sorted(x_wins))}; {ABBR[y]} on h20-like, edge-npu"
+        f"{short(x)} wins iff R ≥ R* = F_{short(x)}/Q_{short(y)} ≈ {rq} FLOP/B (V3 B=1 L=4k, §8.2): "
+        f"{short(x)} on {', '.join(sorted(x_wins))}; {short(y)} on h20-like, edge-npu"
     )
     return _row(cid, measured, pred, checks, notes)
 
@@ -363,7 +363,7 @@ def claim_pair(df: pd.DataFrame, cid: str) -> dict:
 def _growth(d: pd.DataFrame) -> dict[str, float]:
     """T(32k)/T(1k) per scheme present at both contexts."""
     gr = {}
-    for s in ordered(d["scheme"].unique(), ABBR):
+    for s in ordered(d["scheme"].unique(), SCHEMES):
         t1, t32 = _first(d, "latency_s", scheme=s, context=1024), _first(d, "latency_s", scheme=s, context=32768)
         if t1 and t32:
             gr[s] = t32 / t1
@@ -386,15 +386,15 @@ def claim_c4(df: pd.DataFrame) -> dict:
         de = d[d["engine"] == src]
         gr = _growth(de)
         checks += [gr["mha"] >= 3.0, gr["mla-absorb"] <= 1.2]
-        measured.append(f"T(32k)/T(1k) {p} [{src}]: " + ", ".join(f"{ABBR[s]} {v:.2f}" for s, v in gr.items()))
+        measured.append(f"T(32k)/T(1k) {p} [{src}]: " + ", ".join(f"{short(s)} {v:.2f}" for s, v in gr.items()))
         for eng in sorted(set(d["engine"]) - {src, "analytic"}):  # other engines and forced Stream strategies
             other = _growth(d[d["engine"] == eng])
             if other:
                 notes.append(f"Not tested, for comparison: T(32k)/T(1k) {p} [{eng}]: "
-                             + ", ".join(f"{ABBR[s]} {v:.2f}" for s, v in other.items()) + ".")  # fmt: skip
+                             + ", ".join(f"{short(s)} {v:.2f}" for s, v in other.items()) + ".")  # fmt: skip
         if src != "analytic":
             rows = de[de["scheme"].isin(["mha", "mla-absorb"])]
-            notes.append(f"{src} {p}: " + "; ".join(f"{ABBR[r['scheme']]} L={_k(int(r['context']))} {_util(r)}"
+            notes.append(f"{src} {p}: " + "; ".join(f"{short(r['scheme'])} L={_k(int(r['context']))} {_util(r)}"
                                                      for _, r in rows.iterrows()) + ".")  # fmt: skip
     gaps = {}
     b32 = select(dec, batch=32, context=4096)

@@ -10,32 +10,39 @@ from pathlib import Path
 
 from stream_mla.errors import SpecError
 from stream_mla.models import BYTES_PER_ELEMENT, resolve
-from stream_mla.workloads import ALIASES, SCHEMES, export, make_spec, reference_set
+from stream_mla.models import PRESETS as MODEL_PRESETS
+from stream_mla.workloads import compute_precision, export, make_spec, reference_set, registry
 from stream_mla.workloads.counts import count_file, roofline
 
 PROG = "stream-mla"
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="deepseek-v3", help="preset: deepseek-v3, deepseek-v2, deepseek-v2-lite")
+    p.add_argument("--model", default="deepseek-v3", help=f"preset: {', '.join(MODEL_PRESETS)} (default deepseek-v3)")
     p.add_argument("--hf-config", metavar="PATH", help="a Hugging Face config.json instead of a preset")
-    p.add_argument("--scheme", default="mla-absorb", help=f"one of {', '.join(SCHEMES + tuple(ALIASES))}")
+    p.add_argument(
+        "--scheme", help=f"one of {registry.allowed()} (default: the model's own attention, mla-absorb for MLA models)"
+    )
     p.add_argument("--phase", default="decode", help="decode (one new token, context L) or prefill (S tokens)")
     p.add_argument("--batch", type=int, default=1, help="B")
     p.add_argument("--context", type=int, default=4096, help="L for decode, S for prefill")
-    p.add_argument("--precision", default=None, help=f"one of {', '.join(BYTES_PER_ELEMENT)} (default bf16)")
+    kinds = ", ".join(BYTES_PER_ELEMENT)
+    p.add_argument(
+        "--precision",
+        help=f"weights (and the default of the two below): {kinds}; default: the "
+        "platform's native precision where there is one, else the model's (bf16 for the presets)",
+    )
+    p.add_argument("--kv-precision", help=f"KV cache: {kinds} (default: --precision)")
+    p.add_argument("--act-precision", help=f"activations: {kinds} (default: --precision)")
     p.add_argument("--kv-heads", type=int, default=None, help="gqa: K/V heads (default: the model's)")
 
 
 def workload_from_args(args: argparse.Namespace, default_precision: str | None = None):
     model = resolve(args.model, args.hf_config)
-    args.precision = args.precision or default_precision
-    if args.precision is not None:
-        if args.precision not in BYTES_PER_ELEMENT:
-            raise SpecError(f"--precision: {args.precision!r} (allowed: {', '.join(BYTES_PER_ELEMENT)})")
-        model = model.model_copy(update={"precision": args.precision})
-    return make_spec(model=model, scheme=args.scheme, phase=args.phase, batch=args.batch, context=args.context,
-                     kv_heads=args.kv_heads)  # fmt: skip
+    scheme = args.scheme or registry.default_scheme(model)
+    return make_spec(model=model, scheme=scheme, phase=args.phase, batch=args.batch, context=args.context,
+                     kv_heads=args.kv_heads, precision=args.precision or default_precision,
+                     kv_precision=args.kv_precision, act_precision=args.act_precision)  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -64,7 +71,7 @@ def cmd_count(args: argparse.Namespace) -> None:
     if args.platform:
         from stream_mla.platforms import load_platform
 
-        plat = load_platform(args.platform)
+        plat = load_platform(args.platform).at_precision(compute_precision(c["precision"]))
         r = roofline(c, plat.peak_mac_per_s, plat.dram_bytes_per_s, causal=args.causal)
         c["roofline"] = {"platform": plat.name, "ridge_flop_per_byte": plat.ridge_flop_per_byte, "bound": r.bound,
                          "compute_s": r.compute_s, "memory_s": r.memory_s, "bound_s": r.bound_s}  # fmt: skip
@@ -82,16 +89,17 @@ def cmd_count(args: argparse.Namespace) -> None:
             print(f"  {n['name']:<16} {n['op']:<8} {n['macs']:>16,}")
 
 
-def hardware_from_args(args: argparse.Namespace):
-    from stream_mla.engines import Hardware
+def bound_workload(args: argparse.Namespace):
+    """(workload, hardware): the workload as run on --platform (or a raw --hardware YAML) and what the engines see."""
+    from stream_mla.engines import Hardware, bind
 
     if (args.platform is None) == (args.hardware is None):
         raise SpecError("--platform / --hardware: give exactly one (a preset name or platform YAML, or a Stream YAML)")
     if args.hardware is not None:
-        return Hardware.from_stream_yaml(args.hardware, clock_ghz=args.clock_ghz)
+        return workload_from_args(args), Hardware.from_stream_yaml(args.hardware, clock_ghz=args.clock_ghz)
     from stream_mla.platforms import load_platform
 
-    return Hardware.from_platform(load_platform(args.platform))
+    return bind(workload_from_args(args), load_platform(args.platform))
 
 
 def cmd_mapping(args: argparse.Namespace) -> None:
@@ -99,12 +107,12 @@ def cmd_mapping(args: argparse.Namespace) -> None:
 
     from stream_mla.engines.stream_mapping import MappingError, write_fixed_mapping
 
-    hw, spec = hardware_from_args(args), workload_from_args(args)
+    spec, hw = bound_workload(args)
     out = Path(args.output or f"{spec.slug}.{hw.name}.mapping.yaml")
     with tempfile.TemporaryDirectory(prefix="stream-mla-mapping-") as tmp:
         onnx_path = export(spec, Path(tmp) / f"{spec.slug}.onnx")
         try:
-            write_fixed_mapping(onnx_path, hw.stream, spec.model.bytes_per_element, out)
+            write_fixed_mapping(onnx_path, hw.stream, BYTES_PER_ELEMENT[spec.compute_precision], out)
         except MappingError as exc:
             raise SpecError(f"platform {hw.name}: {exc}") from None
     print(f"wrote {out} (for evaluate_mapping(..., mapping={str(out)!r}))")
@@ -113,8 +121,7 @@ def cmd_mapping(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from stream_mla.engines import EngineError, evaluate
 
-    hw = hardware_from_args(args)
-    spec = workload_from_args(args)
+    spec, hw = bound_workload(args)
     try:
         result = evaluate(spec, hw, args.engine, timeout_s=args.timeout, workdir=args.workdir, strategy=args.strategy)
     except EngineError as exc:

@@ -22,14 +22,11 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from stream_mla import __version__
+from stream_mla.workloads import registry
+from stream_mla.workloads.registry import NAMES as SCHEMES
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("mha", "mla-naive", "mla-absorb", "mla-recompute", "mla-merged", "mla-merged-per-step")
-LABELS = {"mha": "mha", "mla-naive": "naive", "mla-absorb": "absorb", "mla-recompute": "recompute",
-          "mla-merged": "merged", "mla-merged-per-step": "merged per-step"}  # fmt: skip
-COLORS = {"mha": "#d62728", "mla-naive": "#ff7f0e", "mla-absorb": "#1f77b4", "mla-recompute": "#2ca02c",
-          "mla-merged": "#9467bd", "mla-merged-per-step": "#8c564b"}  # fmt: skip
 PLATFORMS = ("edge-npu", "cloud-fusemax", "tpu-v5e-like", "h100-like", "h20-like")
 ENGINES = ("stream", "zigzag")  # measured engines, preferred first
 MARKERS = {"stream": "o", "zigzag": "s", "stream:keep-softmax": "v", "stream:per-layer": "<",
@@ -116,7 +113,7 @@ def _save(fig: Figure, data: pd.DataFrame, out_dir: Path, stem: str) -> list[Pat
 
 
 def _scheme_legend(ax, schemes: Iterable[str], engines: Iterable[str] = (), extra: Iterable = ()) -> None:
-    handles = [Line2D([], [], color=COLORS.get(s, "k"), lw=1.5, label=LABELS.get(s, s)) for s in schemes]
+    handles = [Line2D([], [], color=registry.color(s), lw=1.5, label=registry.label(s)) for s in schemes]
     handles += [Line2D([], [], color="k", lw=0.8, label="analytic roofline")] if engines else []
     handles += [Line2D([], [], color="k", marker=MARKERS.get(e, "D"), ls="", label=e) for e in engines]
     ax.legend(handles=handles + list(extra), fontsize=7, loc="best")
@@ -131,9 +128,9 @@ def _lines_and_markers(ax, d: pd.DataFrame, x: str, y: str, xscale: float = 1.0,
             g = ds[ds["engine"] == eng].groupby(x, as_index=False)[y].first().sort_values(x)
             xs, ys = g[x].to_numpy(float) * xscale, g[y].to_numpy(float) * yscale
             if eng == "analytic":
-                ax.plot(xs, ys, color=COLORS.get(s, "k"), lw=1.0)
+                ax.plot(xs, ys, color=registry.color(s), lw=1.0)
             else:
-                ax.plot(xs, ys, color=COLORS.get(s, "k"), marker=MARKERS.get(eng, "D"), ls="", ms=6, mec="k", mew=0.5)
+                ax.plot(xs, ys, color=registry.color(s), marker=MARKERS.get(eng, "D"), ls="", ms=6, mec="k", mew=0.5)
             recs += [{"scheme": s, "engine": eng, x: a, y: b} for a, b in zip(g[x], g[y], strict=True)]
     return recs
 
@@ -165,13 +162,13 @@ def fig_oi(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         for s in ordered(db["scheme"].unique(), SCHEMES):
             g = db[db["scheme"] == s].groupby("context", as_index=False)[["oi", "macs", "dram_bytes"]].first()
             g = g.sort_values("context")
-            ax.plot(g["context"], g["oi"], color=COLORS.get(s, "k"), marker=".", lw=1.5, label=LABELS.get(s, s))
+            ax.plot(g["context"], g["oi"], color=registry.color(s), marker=".", lw=1.5, label=registry.label(s))
             recs += [{"batch": b, "kind": "layer", "series": s, "context": c, "oi": o}
                      for c, o in zip(g["context"], g["oi"], strict=True)]  # fmt: skip
             if len(g) >= 2:  # attention core: the L-dependent part, 2 dMAC / dBytes between neighbouring L
                 core = 2 * np.diff(g["macs"].to_numpy(float)) / np.diff(g["dram_bytes"].to_numpy(float))
                 ctx = g["context"].to_numpy()[1:]
-                ax.plot(ctx, core, color=COLORS.get(s, "k"), ls="--", lw=0.8)
+                ax.plot(ctx, core, color=registry.color(s), ls="--", lw=0.8)
                 recs += [{"batch": b, "kind": "core", "series": s, "context": c, "oi": o}
                          for c, o in zip(ctx, core, strict=True)]  # fmt: skip
         for p in ordered(ridges.index, PLATFORMS):
@@ -228,7 +225,7 @@ def fig_latency_energy(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                 r = ds[ds["engine"] == src].iloc[0]
                 roof = float(r["roofline_s"])
                 ana_e = float(ana["energy_pj"].iloc[0]) if len(ana) else np.nan
-                c = COLORS.get(s, "k")
+                c = registry.color(s)
                 ax_t.bar(i, r["latency_s"] * 1e3, color=c, alpha=0.85 if meas else 0.45, edgecolor=c)
                 ax_t.hlines(roof * 1e3, i - 0.45, i + 0.45, color=c, lw=1.0)
                 parts, bottom = _energy_parts(r), 0.0
@@ -247,7 +244,7 @@ def fig_latency_energy(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                              "latency_s": r["latency_s"], "roofline_s": roof, **{f"energy_{k}_pj": v for k, v in
                              parts.items()}, "energy_pj": r["energy_pj"], "analytic_energy_pj": ana_e})  # fmt: skip
             for ax in (ax_t, ax_e):
-                ax.set_xticks(range(len(schemes)), [LABELS.get(s, s) for s in schemes], rotation=60, fontsize=7)
+                ax.set_xticks(range(len(schemes)), [registry.label(s) for s in schemes], rotation=60, fontsize=7)
                 ax.tick_params(axis="y", labelsize=7)
             ax_t.set_title(f"{p} ({short(platform_model(d, p))}), B = {b}", fontsize=8)
             ax_t.set_ylabel("latency (ms)", fontsize=7)
@@ -384,10 +381,10 @@ def fig_prefill(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                         continue
                     dense, causal = float(r[dense_col].iloc[0]), float(r[causal_col].iloc[0])
                     x = gi + (2 * si - len(schemes)) * width + width / 2
-                    lab = LABELS.get(s, s) if gi == 0 else None
-                    ax.bar(x, dense * scale, width, color=COLORS.get(s, "k"), label=lab, edgecolor="k", lw=0.3)
+                    lab = registry.label(s) if gi == 0 else None
+                    ax.bar(x, dense * scale, width, color=registry.color(s), label=lab, edgecolor="k", lw=0.3)
                     if np.isfinite(causal):
-                        ax.bar(x + width, causal * scale, width, color=COLORS.get(s, "k"), alpha=0.45, hatch="///",
+                        ax.bar(x + width, causal * scale, width, color=registry.color(s), alpha=0.45, hatch="///",
                                edgecolor="k", lw=0.3)  # fmt: skip
             ax.set_xticks(range(len(seqs)), [f"S = {s // 1024}k" if s % 1024 == 0 else f"S = {s}" for s in seqs])
             ax.set_ylabel(ylabel, fontsize=8)
@@ -448,7 +445,7 @@ def fig_winner_map(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         for pj, (name, schemes) in enumerate(panels):
             ax = axes[bi, pj]
             w = winners(gb, schemes, ["ridge", "context"])
-            cmap = ListedColormap([COLORS.get(s, "k") for s in schemes])
+            cmap = ListedColormap([registry.color(s) for s in schemes])
             z = np.full((len(ctxs), len(ridges)), np.nan)
             xe, ye = _edges(ridges), _edges(ctxs.astype(float))
             for r in w.itertuples():
@@ -483,15 +480,16 @@ def fig_winner_map(df: pd.DataFrame, out_dir: Path) -> list[Path]:
             for eng in engines_in(mb):
                 we = winners(mb[mb["engine"] == eng], schemes, ["platform", "bw_scale", "ridge", "context"])
                 for r in we.itertuples():
-                    ax.plot(r.ridge, r.context, marker=MARKERS.get(eng, "D"), ms=8, color=COLORS.get(r.winner, "k"),
+                    ax.plot(r.ridge, r.context, marker=MARKERS.get(eng, "D"), ms=8, color=registry.color(r.winner),
                             mec="w" if r.ratio > 1 + TIE else "k", mew=1.5)  # fmt: skip
                     recs.append({"panel": name, "batch": b, "source": eng, "ridge": r.ridge, "context": r.context,
                                  "winner": r.winner, "second": r.second, "ratio": r.ratio})  # fmt: skip
-            title = "fastest scheme" if name == "all" else f"{name}: {LABELS[schemes[0]]} vs {LABELS[schemes[1]]}"
+            pair = " vs ".join(registry.label(s) for s in schemes[:2])
+            title = "fastest scheme" if name == "all" else f"{name}: {pair}"
             ax.set_title(f"{title}, {short(MODEL)} B = {b}", fontsize=9)
             ax.set_xlabel("platform ridge R (FLOP/B)", fontsize=8)
             ax.set_ylabel("context L", fontsize=8)
-            handles = [Patch(color=COLORS.get(s, "k"), label=LABELS.get(s, s)) for s in schemes]
+            handles = [Patch(color=registry.color(s), label=registry.label(s)) for s in schemes]
             handles += [Patch(facecolor="w", hatch="///", edgecolor="k", label=f"top two within {TIE:.0%}"),
                         Line2D([], [], color="k", lw=1.5, label=label)]  # fmt: skip
             handles += [Line2D([], [], color="grey", marker=MARKERS.get(e, "D"), ls="", label=f"{e} winner")

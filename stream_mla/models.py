@@ -1,19 +1,24 @@
-"""Attention-layer model specs: one validated record per layer shape, DeepSeek presets, HF config reader.
+"""Attention-layer model specs: one validated record per layer shape, model presets, HF config reader.
 
 Field names follow the symbols of attention-schemes.md §1.1. A spec without `kv_lora_rank` is a plain
-MHA/GQA model: only the `mha`/`gqa`/`mqa` schemes apply to it.
+MHA/GQA/MQA model (`family`): only the baseline schemes apply to it.
 """
 
+import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_serializer, model_validator
 
 from stream_mla.errors import SpecError, first_error, read_document
 
 Precision = Literal["bf16", "fp32", "int8", "fp8"]
 BYTES_PER_ELEMENT: dict[str, int] = {"bf16": 2, "fp32": 4, "int8": 1, "fp8": 1}
+Family = Literal["mla", "mqa", "mha", "gqa"]
+SAFE_NAME = r"^[A-Za-z0-9_.\-]+$"  # names become file stems (WorkloadSpec.slug)
 
 
 class ModelSpec(BaseModel):
@@ -21,7 +26,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = "custom"
+    name: str = Field("custom", pattern=SAFE_NAME, description="model name; the stem of export file names")
     d_model: PositiveInt = Field(description="hidden width d (hidden_size)")
     heads: PositiveInt = Field(description="query heads h (num_attention_heads)")
     kv_heads: PositiveInt | None = Field(None, description="K/V heads n_kv of the MHA/GQA baseline; default h")
@@ -33,6 +38,9 @@ class ModelSpec(BaseModel):
     v_head_dim: PositiveInt | None = Field(None, description="per-head value width d_v")
     layers: PositiveInt = Field(1, description="number of layers N")
     precision: Precision = Field("bf16", description="element precision of weights, caches and activations")
+    sliding_window: PositiveInt | None = Field(
+        None, description="sliding attention window W in tokens (sliding_window); None = full attention; not costed yet"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":
@@ -47,9 +55,27 @@ class ModelSpec(BaseModel):
             raise ValueError(f"heads={self.heads} must divide d_model={self.d_model} (or set head_dim)")
         return self
 
+    @model_serializer(mode="wrap")
+    def _without_unset_window(self, handler) -> dict:
+        # Exported graphs and sweep keys embed model_dump(): a model without a window dumps as it did before the
+        # field existed, so the committed reference graphs and stored sweep results stay valid.
+        out = handler(self)
+        if self.sliding_window is None:
+            out.pop("sliding_window", None)
+        return out
+
     @property
     def is_mla(self) -> bool:
         return self.kv_lora_rank is not None
+
+    @property
+    def family(self) -> Family:
+        """The model's own attention: mla if kv_lora_rank is set, else by K/V heads (1: mqa, h: mha, else gqa)."""
+        if self.is_mla:
+            return "mla"
+        if self.n_kv == 1:
+            return "mqa"
+        return "mha" if self.n_kv == self.heads else "gqa"
 
     @property
     def n_kv(self) -> int:
@@ -69,6 +95,131 @@ class ModelSpec(BaseModel):
         return BYTES_PER_ELEMENT[self.precision]
 
 
+# Hugging Face config.json field -> ModelSpec field (attention-schemes.md §1.1).
+HF_FIELDS = {
+    "hidden_size": "d_model",
+    "num_attention_heads": "heads",
+    "num_key_value_heads": "kv_heads",
+    "head_dim": "head_dim",
+    "q_lora_rank": "q_lora_rank",
+    "kv_lora_rank": "kv_lora_rank",
+    "qk_nope_head_dim": "qk_nope_head_dim",
+    "qk_rope_head_dim": "qk_rope_head_dim",
+    "v_head_dim": "v_head_dim",
+    "num_hidden_layers": "layers",
+    "sliding_window": "sliding_window",
+}
+HF_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layers")
+MLA_REQUIRED = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+# Supported model_type -> fields it must have beyond HF_REQUIRED (an MLA type without them would be misread as MHA).
+HF_MODEL_TYPES: dict[str, tuple[str, ...]] = {
+    "deepseek_v2": MLA_REQUIRED,
+    "deepseek_v3": MLA_REQUIRED,
+    "kimi_k2": MLA_REQUIRED,  # Kimi K2: DeepSeek-V3 architecture under its own model_type
+    "llama": (),
+    "mistral": (),
+    "qwen2": (),
+    "falcon": (),
+}
+# Falcon's older (RW remote-code) field names -> the names used above; the canonical name wins if both are set.
+FALCON_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
+                  "n_head_kv": "num_kv_heads"}  # fmt: skip
+# float16 maps to bf16: both are 2-byte types, and costs depend only on the element size.
+HF_DTYPES = {"bfloat16": "bf16", "float16": "bf16", "float32": "fp32"}
+CONFIG_DIR = Path(__file__).with_name("model_configs")
+SHIPPED_PRESETS = ("kimi-k2", "llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "mistral-7b")
+
+
+def validate(fields: dict, source: str) -> ModelSpec:
+    try:
+        return ModelSpec(**fields)
+    except pydantic.ValidationError as exc:
+        raise first_error(exc, prefix=f"{source}: ") from None
+
+
+def _one_of(value: object, table: dict) -> bool:
+    return isinstance(value, str) and value in table  # a list or object in the JSON is not hashable
+
+
+def _falcon(raw: dict) -> dict:
+    """Falcon's fields renamed, and its K/V heads as transformers' FalconAttention sets them: num_kv_heads for the
+    new decoder architecture (Falcon-40B/180B), else 1 under multi_query (FalconConfig's default: Falcon-7B), else h.
+    Falcon-7B's config also says num_kv_heads=71, which FalconAttention ignores for it."""
+    cfg = dict(raw)
+    for alias, name in FALCON_ALIASES.items():
+        if cfg.get(name) is None and cfg.get(alias) is not None:
+            cfg[name] = cfg[alias]
+    heads = cfg.get("num_attention_heads")
+    if cfg.get("new_decoder_architecture"):
+        cfg["num_key_value_heads"] = cfg.get("num_kv_heads") or heads
+    else:
+        cfg["num_key_value_heads"] = 1 if cfg.get("multi_query", True) else heads
+    return cfg
+
+
+def _canonical(raw: dict, source: Path) -> dict:
+    """The config in Llama/DeepSeek field names, after checking its model_type."""
+    model_type = raw.get("model_type")
+    if model_type is not None and not _one_of(model_type, HF_MODEL_TYPES):
+        raise SpecError(f"{source}: model_type {model_type!r} is not supported (allowed: {', '.join(HF_MODEL_TYPES)})")
+    falcon_style = model_type == "falcon" or "multi_query" in raw or "new_decoder_architecture" in raw
+    cfg = _falcon(raw) if falcon_style else raw
+    required = HF_REQUIRED + HF_MODEL_TYPES.get(model_type, ())
+    missing = [k for k in required if cfg.get(k) is None]
+    if missing:
+        raise SpecError(f"{source}: missing field {missing[0]} (required: {', '.join(required)})")
+    return cfg
+
+
+def _precision(cfg: dict, source: Path) -> dict:
+    dtype = cfg.get("torch_dtype") or cfg.get("dtype")  # transformers >= 4.56 writes `dtype`
+    if dtype is None:
+        return {}
+    if not _one_of(dtype, HF_DTYPES):
+        raise SpecError(f"{source}: torch_dtype {dtype!r} is not supported (allowed: {', '.join(HF_DTYPES)})")
+    return {"precision": HF_DTYPES[dtype]}
+
+
+def _fingerprint(spec: ModelSpec) -> str:
+    """8 hex digits of the layer shape, normalised so that equal layers hash equal (kv_heads unset or h, head_dim
+    unset or d/h). Name and precision are left out: the export slug carries the precision itself."""
+    fields = spec.model_dump(exclude={"name", "precision"}) | {"kv_heads": spec.n_kv, "head_dim": spec.d_h}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _hf_name(cfg: dict, spec: ModelSpec) -> str:
+    """<stem>-<fingerprint>, the stem from _name_or_path's last part, else model_type. The fingerprint is always
+    there: a pruned or resized checkpoint keeps its base model's _name_or_path."""
+    last = str(cfg.get("_name_or_path") or "").rstrip("/\\").replace("\\", "/").rpartition("/")[2]
+    stem = re.sub(r"[^A-Za-z0-9_.\-]+", "-", last).strip("-.") or cfg.get("model_type") or "custom"
+    return f"{stem}-{_fingerprint(spec)}"
+
+
+def from_hf_config(path: str | Path) -> ModelSpec:
+    """Read a Hugging Face config.json: DeepSeek-V2/V3 or Kimi K2 (MLA), or Llama, Mistral, Qwen2 or Falcon
+    (MHA/GQA/MQA; Falcon's multi_query and new_decoder_architecture decide its K/V heads). A config without
+    `model_type` is accepted when it has the fields (HF_REQUIRED). torch_dtype bfloat16 and float16 read as bf16,
+    float32 as fp32; Qwen2's sliding_window counts only under use_sliding_window. The name is unique per distinct
+    layer shape (`_hf_name`), so exports of two sizes of one family do not overwrite each other."""
+    path = Path(path)
+    raw = read_document(path, "--hf-config")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: --hf-config must be a JSON object of field: value")
+    cfg = _canonical(raw, path)
+    fields = {ours: cfg[hf] for hf, ours in HF_FIELDS.items() if cfg.get(hf) is not None}
+    if "kv_lora_rank" not in fields:  # a plain MHA/GQA model: the MLA head dims of its config do not apply
+        for key in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "q_lora_rank"):
+            fields.pop(key, None)
+    if cfg.get("use_sliding_window") is False:  # Qwen2 declares a window it does not use
+        fields.pop("sliding_window", None)
+    spec = validate({**fields, **_precision(cfg, path)}, str(path))
+    return spec.model_copy(update={"name": _hf_name(cfg, spec)})
+
+
+def _shipped(preset: str) -> ModelSpec:
+    return from_hf_config(CONFIG_DIR / f"{preset}.json").model_copy(update={"name": preset})
+
+
 PRESETS: dict[str, ModelSpec] = {
     "deepseek-v3": ModelSpec(
         name="deepseek-v3", d_model=7168, heads=128, kv_heads=128, q_lora_rank=1536, kv_lora_rank=512,
@@ -82,45 +233,10 @@ PRESETS: dict[str, ModelSpec] = {
         name="deepseek-v2-lite", d_model=2048, heads=16, kv_heads=16, q_lora_rank=0, kv_lora_rank=512,
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, layers=27,
     ),
+    # The public Hugging Face configs of moonshotai/Kimi-K2-Instruct, meta-llama/Llama-3.1-8B and -70B,
+    # Qwen/Qwen2.5-7B and mistralai/Mistral-7B-v0.1, shipped as model_configs/<preset>.json (see its README.md).
+    **{p: _shipped(p) for p in SHIPPED_PRESETS},
 }  # fmt: skip
-
-# Hugging Face config.json field -> ModelSpec field (attention-schemes.md §1.1).
-HF_FIELDS = {
-    "hidden_size": "d_model",
-    "num_attention_heads": "heads",
-    "num_key_value_heads": "kv_heads",
-    "head_dim": "head_dim",
-    "q_lora_rank": "q_lora_rank",
-    "kv_lora_rank": "kv_lora_rank",
-    "qk_nope_head_dim": "qk_nope_head_dim",
-    "qk_rope_head_dim": "qk_rope_head_dim",
-    "v_head_dim": "v_head_dim",
-    "num_hidden_layers": "layers",
-}
-HF_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layers")
-
-
-def validate(fields: dict, source: str) -> ModelSpec:
-    try:
-        return ModelSpec(**fields)
-    except pydantic.ValidationError as exc:
-        raise first_error(exc, prefix=f"{source}: ") from None
-
-
-def from_hf_config(path: str | Path) -> ModelSpec:
-    """Read a Hugging Face config.json (DeepSeek-V2/V3 or a Llama-style MHA/GQA model)."""
-    path = Path(path)
-    raw = read_document(path, "--hf-config")
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: --hf-config must be a JSON object of field: value")
-    missing = [k for k in HF_REQUIRED if raw.get(k) is None]
-    if missing:
-        raise SpecError(f"{path}: missing field {missing[0]} (required: {', '.join(HF_REQUIRED)})")
-    fields = {ours: raw[hf] for hf, ours in HF_FIELDS.items() if raw.get(hf) is not None}
-    if "kv_lora_rank" not in fields:  # a plain MHA/GQA model: the MLA head dims of its config do not apply
-        for key in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "q_lora_rank"):
-            fields.pop(key, None)
-    return validate({"name": raw.get("model_type", path.stem), **fields}, str(path))
 
 
 def resolve(model: str | None = None, hf_config: str | Path | None = None) -> ModelSpec:
@@ -130,3 +246,12 @@ def resolve(model: str | None = None, hf_config: str | Path | None = None) -> Mo
     if model not in PRESETS:
         raise SpecError(f"--model: unknown preset {model!r} (allowed: {', '.join(PRESETS)})")
     return PRESETS[model]
+
+
+def resolve_name_or_path(value: str) -> ModelSpec:
+    """A preset name, else the path of a Hugging Face config.json (how sweep specs name models)."""
+    if value in PRESETS:
+        return PRESETS[value]
+    if Path(value).is_file():
+        return from_hf_config(value)
+    raise SpecError(f"model {value!r}: neither a preset (allowed: {', '.join(PRESETS)}) nor a config.json file")

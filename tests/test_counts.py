@@ -2,17 +2,21 @@
 
 import pytest
 
+from stream_mla.errors import SpecError
 from stream_mla.models import PRESETS
-from stream_mla.workloads import BASELINES, MLA_SCHEMES, SCHEMES, build, make_spec
+from stream_mla.workloads import build, make_spec, registry
 from stream_mla.workloads.counts import count, roofline
 
 import closed_forms as cf
 
 MODELS = ["deepseek-v3", "deepseek-v2", "deepseek-v2-lite"]
+SCHEMES = registry.NAMES
+GQA_GROUP = 8  # DeepSeek has n_kv = h: gqa needs an explicit n_kv (h/8, as the reference set)
 
 
-def counted(model, scheme, phase, batch, context):
-    spec = make_spec(model=PRESETS[model], scheme=scheme, phase=phase, batch=batch, context=context)
+def counted(model, scheme, phase, batch, context, **kw):
+    kv = {"kv_heads": PRESETS[model].heads // GQA_GROUP} if scheme == "gqa" else {}
+    spec = make_spec(model=PRESETS[model], scheme=scheme, phase=phase, batch=batch, context=context, **kv, **kw)
     return spec, count(build(spec))
 
 
@@ -127,5 +131,6 @@ def test_node_macs_sum_and_names():
     assert by_name["q_absorb"] == 128 * 128 * 512  # A1: B*h*d_n*d_c
 
 
-def test_baselines_and_mla_lists_cover_schemes():
-    assert set(BASELINES) | set(MLA_SCHEMES) == set(SCHEMES)
+def test_gqa_without_kv_heads_on_an_mha_model_is_an_error():
+    with pytest.raises(SpecError, match="--kv-heads"):
+        make_spec(model=PRESETS["deepseek-v3"], scheme="gqa", context=16)

@@ -13,7 +13,9 @@ from stream_mla.engines.hardware import Hardware
 from stream_mla.engines.result import ENERGY_COMPONENTS, STREAM_STRATEGIES, EngineError, NodeResult, Result
 from stream_mla.errors import SpecError
 from stream_mla.platforms import PlatformSpec, load_platform
-from stream_mla.workloads import WorkloadSpec, export
+from stream_mla.workloads import WorkloadSpec, compute_precision, export
+from stream_mla.workloads.counts import count_file
+from stream_mla.workloads.graph import TENSOR_CLASSES
 
 ENGINES = ("stream", "zigzag")
 DEFAULT_TIMEOUT_S = 900.0
@@ -21,10 +23,21 @@ DEFAULT_TIMEOUT_S = 900.0
 __all__ = ["ENERGY_COMPONENTS", "ENGINES", "EngineError", "Hardware", "NodeResult", "Result", "evaluate"]
 
 
-def resolve_hardware(platform: PlatformSpec | Hardware | str | Path) -> Hardware:
+def bind(
+    workload: WorkloadSpec | Path, platform: PlatformSpec | Hardware | str | Path
+) -> tuple[WorkloadSpec | Path, Hardware]:
+    """The workload as run on the platform (unset precisions follow the platform's native one) and the hardware
+    the engines see for it (the platform at the workload's compute precision: its peak at that precision). A raw
+    Stream YAML (a Hardware) is taken as it is."""
     if isinstance(platform, Hardware):
-        return platform
-    return Hardware.from_platform(platform if isinstance(platform, PlatformSpec) else load_platform(platform))
+        return workload, platform
+    p = platform if isinstance(platform, PlatformSpec) else load_platform(platform)
+    if isinstance(workload, WorkloadSpec):
+        workload = workload.on_platform(p.precision)
+        precision = workload.compute_precision
+    else:
+        precision = compute_precision(count_file(workload)["precision"] or dict.fromkeys(TENSOR_CLASSES, p.precision))
+    return workload, Hardware.from_platform(p.at_precision(precision))
 
 
 def run_engine(engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strategy: str = "auto") -> Result:
@@ -64,7 +77,9 @@ def evaluate(
     """Latency and energy of one attention layer on one accelerator, from a real engine run.
 
     workload: a WorkloadSpec (exported in shapes mode into the run folder) or an exported .onnx file.
-    platform: a preset name, a platform YAML, a PlatformSpec, or a Hardware (e.g. from a raw Stream YAML).
+    platform: a preset name, a platform YAML, a PlatformSpec, or a Hardware (e.g. from a raw Stream YAML). A
+    workload precision left unset follows the platform's native one; the engines see the platform's peak at the
+    workload's compute precision (an unsupported one is a SpecError naming both).
     strategy: Stream only; "auto" tries keep-softmax, per-layer, then the fixed mapping; a name runs just that one.
     """
     if engine not in ENGINES:
@@ -72,15 +87,14 @@ def evaluate(
     if strategy != "auto" and (engine != "stream" or strategy not in STREAM_STRATEGIES):
         allowed = ("auto", *STREAM_STRATEGIES) if engine == "stream" else ("auto",)
         raise SpecError(f"--strategy: {strategy!r} for {engine} (allowed: {', '.join(allowed)})")
-    hw = resolve_hardware(platform)
+    if not isinstance(workload, WorkloadSpec):
+        workload = Path(workload)
+        if not workload.is_file():
+            raise SpecError(f"workload: no such ONNX file {workload}")
+    workload, hw = bind(workload, platform)
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"stream-mla-{engine}-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    if isinstance(workload, WorkloadSpec):
-        onnx_path = export(workload, workdir / f"{workload.slug}.onnx")
-    else:
-        onnx_path = Path(workload)
-        if not onnx_path.is_file():
-            raise SpecError(f"workload: no such ONNX file {onnx_path}")
+    onnx_path = export(workload, workdir / f"{workload.slug}.onnx") if isinstance(workload, WorkloadSpec) else workload
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no engine state shared between runs
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(

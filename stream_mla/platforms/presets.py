@@ -7,6 +7,7 @@ choices, marked below.
 GPU-like parts are modelled as a few large clusters: Stream's wall time explodes past 16 compute cores, so an
 H100's 132 SMs become 8 clusters (one per GPC, 16.5 SMs = 128×264 MACs each) and an H20 becomes 8 clusters of 64×128.
 Each keeps the part's total peak MAC/s, DRAM bandwidth and on-chip memory (L2 split evenly over the clusters).
+`mac_rate` gives the published dense peaks at other precisions (§10: "use the int8 peak where published").
 """
 
 from stream_mla.platforms.spec import PlatformSpec
@@ -62,6 +63,7 @@ PRESETS: dict[str, PlatformSpec] = {
             sram_bits_per_cycle=16384,
             vector_lanes=1024,
             vector_pj_per_op=0.5,
+            mac_rate={"int8": 2},  # 393 TOP/s int8 (v5e documentation); no fp8
             dram_gb_s=819,
             **_COMMERCIAL_PJ,
         ),
@@ -76,6 +78,7 @@ PRESETS: dict[str, PlatformSpec] = {
             sram_bits_per_cycle=32768,
             vector_lanes=2048,
             vector_pj_per_op=0.5,
+            mac_rate={"fp8": 2, "int8": 2},  # 1,979 TFLOP/s fp8 and TOP/s int8 dense (datasheet)
             dram_gb_s=3350,
             link_bits_per_cycle=8192,
             **_COMMERCIAL_PJ,
@@ -91,6 +94,7 @@ PRESETS: dict[str, PlatformSpec] = {
             sram_bits_per_cycle=16384,
             vector_lanes=1024,
             vector_pj_per_op=0.5,
+            mac_rate={"fp8": 2, "int8": 2},  # 296 TFLOP/s fp8 / TOP/s int8 dense
             dram_gb_s=4000,
             link_bits_per_cycle=8192,
             **_COMMERCIAL_PJ,

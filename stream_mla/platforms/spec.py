@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from stream_mla.errors import SpecError, first_error, read_document
 from stream_mla.models import BYTES_PER_ELEMENT, Precision
@@ -55,6 +55,11 @@ class PlatformSpec(BaseModel):
     rows: int = Field(gt=0, description="PE array rows per core (spatial dim D1, output channels K)")
     cols: int = Field(gt=0, description="PE array columns per core (spatial dim D2, reduction C)")
     precision: Precision = Field("bf16", description="native operand type: bf16, fp32, int8 or fp8")
+    mac_rate: dict[Precision, PosFloat] = Field(
+        default_factory=dict,
+        description="other supported operand types and their MAC rate relative to the native one, e.g. "
+        "{fp8: 2, int8: 2} on Hopper (2x the bf16 peak); the native type is always supported at 1",
+    )
     mac_pj: NonNegFloat = Field(description="energy per MAC in pJ")
     sram_bytes: Bytes = Field(description="SRAM per matrix core in bytes (int, or '16 MiB' / '32 MB')")
     sram_bits_per_cycle: int = Field(gt=0, description="SRAM port width per core in bits/cycle")
@@ -74,6 +79,36 @@ class PlatformSpec(BaseModel):
     link_bits_per_cycle: int = Field(4096, gt=0, description="on-chip core-to-core link width in bits/cycle")
     link_pj_per_bit: NonNegFloat = Field(0.1, description="on-chip link energy in pJ/bit")
     static_power_w: NonNegFloat = Field(0.0, description="static power in W; engines report dynamic energy only")
+
+    @model_validator(mode="after")
+    def _rates(self) -> "PlatformSpec":
+        for prec, rate in self.mac_rate.items():
+            if prec == self.precision and rate != 1:
+                raise ValueError(f"mac_rate.{prec}: the native precision runs at rate 1 (got {rate:g})")
+            if not float(self.cols * rate).is_integer():  # the engines see the rate as a wider array
+                raise ValueError(f"mac_rate.{prec}: cols x rate must be a whole number of PE columns "
+                                 f"({self.cols} x {rate:g})")  # fmt: skip
+        return self
+
+    # --- precision ---
+    @property
+    def precisions(self) -> dict[str, float]:
+        """Every supported operand type and its MAC rate relative to the native one."""
+        return {self.precision: 1.0, **self.mac_rate}
+
+    def at_precision(self, precision: str) -> "PlatformSpec":
+        """The platform as the engines see it for MACs at `precision`: the same chip with its native type set to it
+        and its array widened by the rate (columns x rate), so peak MAC/s is that precision's peak. Energy per
+        MAC is kept (an assumption: the presets publish no per-precision MAC energy)."""
+        if precision == self.precision:
+            return self
+        if precision not in self.mac_rate:
+            supported = ", ".join(self.precisions)
+            raise SpecError(f"precision: the workload computes in {precision}, platform {self.name} in {supported} "
+                            f"(set --precision, or the platform's mac_rate.{precision})")  # fmt: skip
+        rate = self.mac_rate[precision]
+        others = {p: r / rate for p, r in self.precisions.items() if p != precision}
+        return self.model_copy(update={"precision": precision, "cols": round(self.cols * rate), "mac_rate": others})
 
     # --- derived numbers (the engines see only these) ---
     @property

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from stream_mla import __version__
 from stream_mla.engines import evaluate
 from stream_mla.engines.result import STREAM_STRATEGIES, Result
-from stream_mla.models import PRESETS as MODEL_PRESETS
+from stream_mla.models import Precision, resolve_name_or_path
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.workloads import WorkloadSpec, build, make_spec
 from stream_mla.workloads.counts import count, roofline
@@ -30,7 +30,8 @@ Engine = Literal[ENGINES]
 ENGINE_PACKAGES = {"stream": "stream-dse", "zigzag": "zigzag-dse"}
 
 ROW_COLUMNS = (
-    "key", "status", "error", "model", "scheme", "phase", "batch", "context", "kv_heads", "platform", "bw_scale",
+    "key", "status", "error", "model", "scheme", "phase", "batch", "context", "kv_heads", "precision",
+    "kv_precision", "act_precision", "platform", "bw_scale",
     "engine", "engine_version", "strategy", "clock_ghz", "peak_flop_per_s", "dram_bytes_per_s", "ridge",
     "macs", "macs_causal", "weight_bytes", "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes",
     "oi", "roofline_compute_s", "roofline_memory_s", "roofline_s", "bound", "latency_cycles", "latency_s",
@@ -51,19 +52,25 @@ def engine_version(engine: str) -> str:
 class SweepPoint(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: str
+    model: str  # preset name or HF config.json path
     scheme: str
     phase: Literal["decode", "prefill"] = "decode"
     batch: PositiveInt = 1
     context: PositiveInt
     kv_heads: PositiveInt | None = None
+    precision: Precision | None = None  # None: the platform's native precision
+    kv_precision: Precision | None = None  # None: precision
+    act_precision: Precision | None = None  # None: precision
     platform: str  # preset name or platform YAML path
     bw_scale: PositiveFloat = 1.0
     engine: Engine = "analytic"
 
     def workload(self) -> WorkloadSpec:
-        return make_spec(model=MODEL_PRESETS[self.model], scheme=self.scheme, phase=self.phase, batch=self.batch,
-                         context=self.context, kv_heads=self.kv_heads)  # fmt: skip
+        """The workload as run on the point's platform (its native precision where the point sets none)."""
+        spec = make_spec(model=resolve_name_or_path(self.model), scheme=self.scheme, phase=self.phase, batch=self.batch,
+                         context=self.context, kv_heads=self.kv_heads, precision=self.precision,
+                         kv_precision=self.kv_precision, act_precision=self.act_precision)  # fmt: skip
+        return spec.on_platform(load_platform(self.platform).precision)
 
     def platform_spec(self) -> PlatformSpec:
         """The platform with its DRAM bandwidth scaled (F3's sweep), everything else unchanged."""
@@ -71,6 +78,10 @@ class SweepPoint(BaseModel):
         if self.bw_scale == 1.0:
             return p
         return p.model_copy(update={"dram_gb_s": p.dram_gb_s * self.bw_scale, "name": f"{p.name}@bw{self.bw_scale:g}"})
+
+    def compute_platform(self) -> PlatformSpec:
+        """The scaled platform at the workload's compute precision: its peak is that precision's."""
+        return self.platform_spec().at_precision(self.workload().compute_precision)
 
     def key(self) -> str:
         content = {
@@ -110,13 +121,15 @@ def engine_diagnostics(res: Result, counts: dict, p: PlatformSpec) -> dict:
 
 def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None = None) -> dict:
     """Cost one point; raises (SpecError, EngineError) on failure. The row has every ROW_COLUMNS entry."""
-    spec, p = point.workload(), point.platform_spec()
+    spec, p = point.workload(), point.compute_platform()
     counts = count(build(spec))
     r = roofline(counts, p.peak_mac_per_s, p.dram_bytes_per_s)
     b = counts["bytes"]
     row = {
         "key": point.key(), "status": "ok", "error": "", **point.model_dump(exclude={"platform"}),
-        "kv_heads": spec.group_kv_heads if spec.scheme in ("mha", "gqa", "mqa") else None,
+        "kv_heads": spec.group_kv_heads if spec.scheme_record.is_baseline else None,
+        **{f"{k}precision": spec.precisions[c] for k, c in (("", "weights"), ("kv_", "kv_cache"),
+                                                             ("act_", "activations"))},  # fmt: skip
         "platform": p.name.split("@")[0], "engine_version": engine_version(point.engine), "clock_ghz": p.clock_ghz,
         "peak_flop_per_s": p.peak_flop_per_s, "dram_bytes_per_s": p.dram_bytes_per_s, "ridge": p.ridge_flop_per_byte,
         "macs": counts["macs"], "macs_causal": counts["macs_causal"], "weight_bytes": b["weights"],

@@ -2,7 +2,7 @@
 
     sweeps:
       - name: F2                      # optional label
-        models: [deepseek-v3]         # model presets
+        models: [deepseek-v3]         # model presets or HF config.json paths (relative to the spec file)
         schemes: [mha, mla-absorb]
         phases: [decode]              # default [decode]
         batch: [1, 32]                # default [1]
@@ -11,6 +11,9 @@
         bw_scale: [1.0]               # DRAM-bandwidth scale factors, default [1.0]
         engines: [analytic]           # analytic, zigzag, stream (or stream:fixed-mapping, ...); default [analytic]
         kv_heads: [null]              # gqa only (ignored by other schemes); default [null]
+        precision: [null, fp8]        # weights (and default of the next two); null = each platform's native
+        kv_precision: [null]          # KV cache; null = precision
+        act_precision: [null]         # activations; null = precision
 
 Every point is validated when the spec is loaded (its workload and platform are built), so a bad value ends
 with one SpecError line naming the field, e.g. `sweeps.0.engines.1: Input should be 'analytic', ...`.
@@ -21,31 +24,28 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo
 
 from stream_mla.errors import SpecError, first_error, read_document
 from stream_mla.models import PRESETS as MODEL_PRESETS
+from stream_mla.models import Precision, resolve_name_or_path
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
 from stream_mla.sweeps.points import Engine, SweepPoint
-from stream_mla.workloads import ALIASES, SCHEMES
+from stream_mla.workloads import registry
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 
 
-def _model(m: str) -> str:
-    if m not in MODEL_PRESETS:
-        raise ValueError(f"unknown model {m!r} (allowed: {', '.join(MODEL_PRESETS)})")
+def _model(m: str, info: ValidationInfo) -> str:
+    """A preset, or an HF config.json path (relative to the spec file, as platform paths are)."""
+    base = (info.context or {}).get("base")
+    m = _relative_to(m, base, MODEL_PRESETS) if base is not None else m
+    resolve_name_or_path(m)  # one line naming the presets when it is neither
     return m
 
 
-def _scheme(s: str) -> str:
-    if s not in SCHEMES + tuple(ALIASES):
-        raise ValueError(f"unknown scheme {s!r} (allowed: {', '.join(SCHEMES + tuple(ALIASES))})")
-    return ALIASES.get(s, s)
-
-
 ModelName = Annotated[str, AfterValidator(_model)]
-SchemeName = Annotated[str, AfterValidator(_scheme)]
+SchemeName = Annotated[str, AfterValidator(registry.canonical)]
 
 
 class Block(BaseModel):
@@ -63,15 +63,19 @@ class Block(BaseModel):
     bw_scale: list[PositiveFloat] = Field(default=[1.0], min_length=1)
     engines: list[Engine] = Field(default=["analytic"], min_length=1)
     kv_heads: list[PositiveInt | None] = Field(default=[None], min_length=1)
+    precision: list[Precision | None] = Field(default=[None], min_length=1)  # None: each platform's native one
+    kv_precision: list[Precision | None] = Field(default=[None], min_length=1)
+    act_precision: list[Precision | None] = Field(default=[None], min_length=1)
 
     def points(self) -> list[SweepPoint]:
         out = []
-        for eng, model, scheme, phase, batch, ctx, plat, bw, kvh in itertools.product(
+        for eng, model, scheme, phase, batch, ctx, plat, bw, kvh, prec, kvp, actp in itertools.product(
             self.engines, self.models, self.schemes, self.phases, self.batch, self.context, self.platforms,
-            self.bw_scale, self.kv_heads,
+            self.bw_scale, self.kv_heads, self.precision, self.kv_precision, self.act_precision,
         ):  # fmt: skip
             out.append(SweepPoint(model=model, scheme=scheme, phase=phase, batch=batch, context=ctx, platform=plat,
-                                  bw_scale=bw, engine=eng, kv_heads=kvh if scheme == "gqa" else None))  # fmt: skip
+                                  bw_scale=bw, engine=eng, kv_heads=kvh if scheme == "gqa" else None,
+                                  precision=prec, kv_precision=kvp, act_precision=actp))  # fmt: skip
         return out
 
 
@@ -86,12 +90,12 @@ class SweepSpec(BaseModel):
         if not isinstance(doc, dict):
             raise SpecError(f"{source}: a sweep spec must be a mapping with a 'sweeps' list of blocks")
         try:
-            spec = cls.model_validate(doc)
+            spec = cls.model_validate(doc, context={"base": base})
         except pydantic.ValidationError as exc:
             raise first_error(exc, prefix=f"{source}: ") from None
         if base is not None:  # platform YAML paths are relative to the spec file
             for b in spec.sweeps:
-                b.platforms = [_resolve_platform(p, base) for p in b.platforms]
+                b.platforms = [_relative_to(p, base, PLATFORM_PRESETS) for p in b.platforms]
         spec.points(validate=True, source=source)
         return spec
 
@@ -102,7 +106,7 @@ class SweepSpec(BaseModel):
             for pt in block.points():
                 try:
                     if validate:
-                        pt.workload()
+                        pt.compute_platform()  # the workload, and its precision on the platform
                     key = pt.key()
                 except SpecError as exc:
                     where = f"{pt.model} {pt.scheme} {pt.phase} B={pt.batch} L={pt.context} on {pt.platform}"
@@ -111,8 +115,8 @@ class SweepSpec(BaseModel):
         return list(seen.values())
 
 
-def _resolve_platform(p: str, base: Path) -> str:
-    if p in PLATFORM_PRESETS or Path(p).is_absolute():
+def _relative_to(p: str, base: Path, presets: dict) -> str:
+    if p in presets or Path(p).is_absolute():
         return p
     candidate = base / p
     return str(candidate) if candidate.exists() else p

@@ -17,8 +17,9 @@ DEFAULT_DB = "results/results.sqlite"
 
 INT_COLUMNS = ("batch", "context", "kv_heads", "macs", "macs_causal", "weight_bytes", "kv_read_bytes",
                "kv_write_bytes", "activation_bytes", "dram_bytes", "layer_by_layer_bytes")  # fmt: skip
-TEXT_COLUMNS = ("key", "status", "error", "model", "scheme", "phase", "platform", "engine", "engine_version",
-                "strategy", "bound", "warnings", "hotspot", "excess_step")  # fmt: skip
+TEXT_COLUMNS = ("key", "status", "error", "model", "scheme", "phase", "precision", "kv_precision", "act_precision",
+                "platform", "engine", "engine_version", "strategy", "bound", "warnings", "hotspot",
+                "excess_step")  # fmt: skip
 SORT_COLUMNS = ("engine", "model", "scheme", "phase", "batch", "context", "platform", "bw_scale", "key")
 FORMATS = ("csv", "parquet")
 TEXT_DTYPE = "str" if int(pd.__version__.split(".")[0]) >= 3 else object  # pandas 3's default string dtype

@@ -8,16 +8,19 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator, model_validator
 
 from stream_mla.errors import SpecError, first_error
-from stream_mla.models import ModelSpec
-from stream_mla.workloads import schemes
+from stream_mla.models import BYTES_PER_ELEMENT, ModelSpec, Precision
+from stream_mla.workloads import registry, schemes
 from stream_mla.workloads.graph import GraphBuilder
 from stream_mla.workloads.weights import graph_factors
 
 Phase = Literal["decode", "prefill"]
-ALIASES = {"mla-reuse": "mla-absorb"}  # the paper's name for weight absorption
-BASELINES = ("mha", "gqa", "mqa")
-MLA_SCHEMES = ("mla-absorb", "mla-recompute", "mla-naive", "mla-merged", "mla-merged-per-step")
-SCHEMES = BASELINES + MLA_SCHEMES
+
+
+def compute_precision(precisions: dict[str, str]) -> str:
+    """The MAC operand type of a layer: its widest stored type (a narrower operand is widened on the way in, as
+    W8A16 or an fp8 cache under bf16 attention run); on a tie in width, the activations' type."""
+    order = (precisions["activations"], precisions["weights"], precisions["kv_cache"])
+    return max(order, key=BYTES_PER_ELEMENT.__getitem__)
 
 
 class WorkloadSpec(BaseModel):
@@ -31,22 +34,48 @@ class WorkloadSpec(BaseModel):
     batch: PositiveInt = 1
     context: PositiveInt  # decode: L keys attended (the new token's included); prefill: S tokens
     kv_heads: PositiveInt | None = None  # gqa only: override the model's K/V heads
+    # Precision per tensor class; None follows `precision`, which itself defaults to the model's (its torch_dtype).
+    # Callers with a platform fill unset ones with its native precision first (`on_platform`).
+    precision: Precision | None = None  # weights (and the default of the other two)
+    kv_precision: Precision | None = None  # KV cache read and written
+    act_precision: Precision | None = None  # layer input, output and every intermediate
 
     @field_validator("scheme", mode="before")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        value = ALIASES.get(value, value)
-        if value not in SCHEMES:
-            raise ValueError(f"unknown scheme {value!r} (allowed: {', '.join(SCHEMES + tuple(ALIASES))})")
-        return value
+        return registry.canonical(value)
 
     @model_validator(mode="after")
     def _applies(self) -> "WorkloadSpec":
-        if self.scheme in MLA_SCHEMES and not self.model.is_mla:
-            raise ValueError(f"scheme {self.scheme} needs an MLA model (kv_lora_rank set), {self.model.name} has none")
-        if self.kv_heads is not None and (self.scheme != "gqa" or self.model.heads % self.kv_heads):
-            raise ValueError(f"kv_heads={self.kv_heads} applies to scheme gqa only and must divide {self.model.heads}")
+        registry.check_applies(self.scheme, self.model)
+        h = self.model.heads
+        if self.kv_heads is not None and (self.scheme != "gqa" or h % self.kv_heads):
+            raise ValueError(f"kv_heads={self.kv_heads} applies to scheme gqa only and must divide {h}")
+        if self.scheme == "gqa" and self.group_kv_heads == h:  # would silently be MHA
+            raise ValueError(f"--kv-heads: scheme gqa on {self.model.name} (n_kv = h = {h}) needs --kv-heads, "
+                             f"a divisor of {h} below {h}")  # fmt: skip
         return self
+
+    @property
+    def precisions(self) -> dict[str, str]:
+        """Element precision per tensor class (graph.TENSOR_CLASSES)."""
+        w = self.precision or self.model.precision
+        return {"weights": w, "kv_cache": self.kv_precision or w, "activations": self.act_precision or w}
+
+    @property
+    def compute_precision(self) -> str:
+        return compute_precision(self.precisions)
+
+    def on_platform(self, native: str) -> "WorkloadSpec":
+        """The workload as run on a platform: a precision left unset follows the platform's native one. Every
+        class is then explicit, so equal workloads dump (and hash) equally however they were written."""
+        p = (self if self.precision else self.model_copy(update={"precision": native})).precisions
+        fields = {"precision": p["weights"], "kv_precision": p["kv_cache"], "act_precision": p["activations"]}
+        return self.model_copy(update=fields)
+
+    @property
+    def scheme_record(self) -> registry.Scheme:
+        return registry.REGISTRY[self.scheme]
 
     @property
     def group_kv_heads(self) -> int:
@@ -57,7 +86,7 @@ class WorkloadSpec(BaseModel):
     def layer_model(self) -> ModelSpec:
         """The layer actually built: the model itself for MLA schemes; for the baselines, the plain MHA/GQA
         layer with the model's d and h, head width d_h and group_kv_heads K/V heads (§3)."""
-        if self.scheme in MLA_SCHEMES:
+        if not self.scheme_record.is_baseline:
             return self.model
         m = self.model
         return ModelSpec(name=m.name, d_model=m.d_model, heads=m.heads, kv_heads=self.group_kv_heads,
@@ -68,8 +97,10 @@ class WorkloadSpec(BaseModel):
         """File stem, e.g. deepseek-v3_mla-absorb_decode_b1_l4096_bf16."""
         axis = "l" if self.phase == "decode" else "s"
         kv = f"_kv{self.group_kv_heads}" if self.scheme == "gqa" else ""
-        m = self.model
-        return f"{m.name}_{self.scheme}{kv}_{self.phase}_b{self.batch}_{axis}{self.context}_{m.precision}"
+        p = self.precisions
+        prec = p["weights"] + "".join(f"_{tag}{p[c]}" for tag, c in (("kv", "kv_cache"), ("a", "activations"))
+                                      if p[c] != p["weights"])  # fmt: skip
+        return f"{self.model.name}_{self.scheme}{kv}_{self.phase}_b{self.batch}_{axis}{self.context}_{prec}"
 
 
 def make_spec(**fields) -> WorkloadSpec:
@@ -82,27 +113,19 @@ def make_spec(**fields) -> WorkloadSpec:
 def build(spec: WorkloadSpec, seed: int | None = None) -> onnx.ModelProto:
     """The layer's ONNX graph; seed=None gives shapes mode (data-less weights), else numeric fp32 weights."""
     m = spec.layer_model
-    if seed is not None and m.precision != "fp32":
-        raise SpecError(f"--precision: random weights are computed in fp32 (got {m.precision}; allowed: fp32)")
-    b = GraphBuilder(m.precision, graph_factors(m, seed) if seed is not None else None)
+    if seed is not None and set(spec.precisions.values()) != {"fp32"}:
+        got = "/".join(dict.fromkeys(spec.precisions.values()))
+        raise SpecError(f"--precision: random weights are computed in fp32 (got {got}; allowed: fp32)")
+    b = GraphBuilder(spec.precisions, graph_factors(m, seed) if seed is not None else None)
     queries = 1 if spec.phase == "decode" else spec.context
     shape = schemes.Shape(batch=spec.batch, queries=queries, keys=spec.context, decode=spec.phase == "decode")
-    x = b.input("x", (spec.batch, queries, m.d_model))
-    builders = {
-        "mla-absorb": schemes.build_mla_absorb,
-        "mla-recompute": schemes.build_mla_recompute,
-        "mla-naive": schemes.build_mla_naive,
-        "mla-merged": schemes.build_mla_merged,
-        "mla-merged-per-step": lambda *a: schemes.build_mla_merged(*a, per_step=True),
-    }
-    if spec.scheme in BASELINES:
-        y = schemes.build_mha(b, m, x, shape, spec.group_kv_heads)
-    else:
-        y = builders[spec.scheme](b, m, x, shape)
+    x = b.input("x", (spec.batch, queries, m.d_model), cls="activations")
+    y = spec.scheme_record.builder(b, m, x, shape)
     meta = {
         "spec": spec.model_dump(mode="json"),
         "seed": seed,
-        "bytes_per_element": m.bytes_per_element,
+        "precision": spec.precisions,
+        "bytes_per_element": BYTES_PER_ELEMENT[spec.compute_precision],  # the widest operand: footprints
         "phase": spec.phase,
     }
     return b.build(y, spec.slug.replace("-", "_").replace(".", "_"), meta)

@@ -8,6 +8,8 @@
   all its inputs from DRAM and writing its output back (layout views are free). The upper reference for an engine
   run with a fusion cut after every layer, as the lower one above is for a perfect one.
 - Prefill: `macs_causal` applies the exact causal factor (S+1)/(2S) to the S x S nodes the exporter marked.
+- Bytes are elements x each tensor's own element size as stored in the graph (weights, KV cache and activations may
+  differ); the cache write is charged at the cache's precision.
 """
 
 import json
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from onnx.helper import tensor_dtype_to_np_dtype
 
+from stream_mla.models import BYTES_PER_ELEMENT
 from stream_mla.workloads.graph import META_PREFIX
 
 LAYOUT_OPS = ("Reshape", "Transpose")  # views: the engines move no data for them
@@ -51,10 +55,12 @@ def count(model: onnx.ModelProto) -> dict:
     meta = metadata(model)
     if "bytes_per_element" not in meta:
         raise ValueError("not a stream-mla graph (no stream_mla.* metadata); export it with `stream-mla export`")
-    p = meta["bytes_per_element"]
     g = model.graph
     shapes = {vi.name: _dims(vi) for vi in (*g.input, *g.value_info, *g.output)}
     shapes.update({t.name: tuple(t.dims) for t in g.initializer})
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.value_info, *g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    width = {name: tensor_dtype_to_np_dtype(t).itemsize for name, t in types.items()}  # bytes per element
     weights = {t.name for t in g.initializer if len(t.dims) >= 2}
     caches = [i.name for i in g.input if i.name != "x"]
     causal = set(meta.get("causal_nodes", []))
@@ -63,6 +69,8 @@ def count(model: onnx.ModelProto) -> dict:
     causal_factor = (seq + 1, 2 * seq)  # exact: S(S+1)/2 of the S^2 query-key pairs
 
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
+    nbytes = {name: n * width[name] for name, n in numel.items()}
+    kv_width = BYTES_PER_ELEMENT[meta["precision"]["kv_cache"]] if "precision" in meta else width["x"]
     nodes, macs, macs_causal = [], 0, 0
     for n in g.node:
         node_macs = 0
@@ -71,10 +79,10 @@ def count(model: onnx.ModelProto) -> dict:
         node_causal = node_macs * causal_factor[0] // causal_factor[1] if n.name in causal else node_macs
         macs += node_macs
         macs_causal += node_causal
-        io = 0 if n.op_type in LAYOUT_OPS else sum(numel[t] for t in (*n.input, *n.output) if t in numel)
+        io = 0 if n.op_type in LAYOUT_OPS else sum(nbytes[t] for t in (*n.input, *n.output) if t in nbytes)
         nodes.append({"name": n.name, "op": n.op_type, "macs": node_macs, "macs_causal": node_causal,
                       "flops": 2 * node_macs, "output_shape": list(shapes.get(n.output[0], ())),
-                      "io_bytes": io * p})  # fmt: skip
+                      "io_bytes": io})  # fmt: skip
 
     elems = {
         "weights": sum(numel[w] for w in weights),
@@ -82,13 +90,19 @@ def count(model: onnx.ModelProto) -> dict:
         "kv_write": sum(numel[t] * copies for t, copies in meta.get("kv_write", [])),
         "activations": numel["x"] + numel[g.output[0].name],
     }
-    byte_counts = {k: v * p for k, v in elems.items()}
+    byte_counts = {
+        "weights": sum(nbytes[w] for w in weights),
+        "kv_read": sum(nbytes[c] for c in caches),
+        "kv_write": elems["kv_write"] * kv_width,
+        "activations": nbytes["x"] + nbytes[g.output[0].name],
+    }
     byte_counts["total"] = sum(byte_counts.values())
     return {
         "graph": g.name,
         "phase": phase,
         "spec": meta.get("spec"),
-        "bytes_per_element": p,
+        "bytes_per_element": meta["bytes_per_element"],
+        "precision": meta.get("precision"),
         "macs": macs,
         "macs_causal": macs_causal,
         "flops": 2 * macs,

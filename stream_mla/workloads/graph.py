@@ -5,6 +5,10 @@
 - Shapes are tracked here as the graph is built (static shapes), and shape inference runs at the end.
 - Weights are data-less initializers in shapes mode, real float32 arrays in numeric mode.
 - ZigZag's precision attributes are added after `onnx.checker` (which rejects them).
+- Precision per tensor class: weights (initializers), the KV cache (cache inputs) and activations (x and every
+  node output) each carry their own element type, as they are stored. ONNX wants both MatMul operands of one type,
+  so a mixed graph is checked and shape-inferred as its single-type twin (every float tensor at the activation
+  type); the engines read each operand's own type (Stream from the tensor, ZigZag from the node attributes).
 """
 
 import json
@@ -23,6 +27,7 @@ ELEM_TYPE = {  # fp8 is stored as 1-byte INT8: Stream's parser rejects FLOAT8 (e
 }
 ELEM_BITS = {"bf16": 16, "fp32": 32, "int8": 8, "fp8": 8}
 ACCUMULATOR_BITS = 32
+TENSOR_CLASSES = ("weights", "kv_cache", "activations")
 LAYOUT_OPS = ("Reshape", "Transpose")  # free in both engines: folded into the consumer
 META_PREFIX = "stream_mla."
 
@@ -32,6 +37,18 @@ def broadcast_matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int,
         raise ValueError(f"MatMul inner dims differ: {a} x {b}")
     batch = np.broadcast_shapes(a[:-2], b[:-2])
     return (*batch, a[-2], b[-1])
+
+
+def single_typed(model: onnx.ModelProto, elem_type: int) -> onnx.ModelProto:
+    """A copy with every floating graph input and initializer at one element type (the ONNX rule for MatMul)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for t in (*copy.graph.input, *copy.graph.output):
+        t.type.tensor_type.elem_type = elem_type
+    for t in copy.graph.initializer:
+        if t.data_type != TensorProto.INT64:
+            t.data_type = elem_type
+    return copy
 
 
 def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -55,9 +72,14 @@ def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
 class GraphBuilder:
     """Accumulates nodes, inputs and initializers of one attention-layer graph."""
 
-    def __init__(self, precision: str, weights: dict[str, np.ndarray] | None = None):
-        self.precision = precision
-        self.dtype = ELEM_TYPE[precision]
+    def __init__(self, precisions: str | dict[str, str], weights: dict[str, np.ndarray] | None = None):
+        """precisions: one precision for every tensor, or one per class of TENSOR_CLASSES."""
+        if isinstance(precisions, str):
+            precisions = dict.fromkeys(TENSOR_CLASSES, precisions)
+        self.precisions = {c: precisions[c] for c in TENSOR_CLASSES}  # tensor class -> precision name
+        self.types = {c: ELEM_TYPE[p] for c, p in self.precisions.items()}
+        self.dtype = self.types["activations"]  # node outputs, x and elementwise constants
+        self.mixed = len(set(self.types.values())) > 1
         self.values = weights  # numeric mode: name -> float32 array; None: shapes mode
         self.nodes: list[onnx.NodeProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -67,8 +89,9 @@ class GraphBuilder:
         self.causal_nodes: list[str] = []
 
     # ---- sources -------------------------------------------------------------------------------
-    def input(self, name: str, shape) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, self.dtype, list(shape)))
+    def input(self, name: str, shape, cls: str = "kv_cache") -> str:
+        """A graph input: the KV cache (default) or, with cls="activations", the layer input x."""
+        self.inputs.append(helper.make_tensor_value_info(name, self.types[cls], list(shape)))
         self.shapes[name] = tuple(shape)
         return name
 
@@ -76,7 +99,7 @@ class GraphBuilder:
         """A weight matrix; data-less in shapes mode so a DeepSeek-V3 layer stays a few KB."""
         shape = tuple(shape)
         if self.values is None:
-            self.inits.append(TensorProto(name=name, data_type=self.dtype, dims=list(shape)))
+            self.inits.append(TensorProto(name=name, data_type=self.types["weights"], dims=list(shape)))
         else:
             value = self.values[name]
             if value.shape != shape:
@@ -187,15 +210,31 @@ class GraphBuilder:
         meta = {**metadata, "kv_write": self.kv_writes, "causal_nodes": self.causal_nodes}
         for key, value in meta.items():
             model.metadata_props.add(key=META_PREFIX + key, value=json.dumps(value, sort_keys=True))
-        onnx.checker.check_model(checkable(model))
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=self.dtype in (TensorProto.FLOAT,))
+        twin = single_typed(model, self.dtype) if self.mixed else model
+        onnx.checker.check_model(checkable(twin))
+        inferred = onnx.shape_inference.infer_shapes(twin, strict_mode=self.dtype in (TensorProto.FLOAT,))
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(inferred.graph.value_info)
         self._check_inferred(model)
-        bits = ELEM_BITS[self.precision]
+        types = self._tensor_types(model)
+        for vi in model.graph.value_info:
+            vi.type.tensor_type.elem_type = types[vi.name]
+        bits = {t: 8 * helper.tensor_dtype_to_np_dtype(e).itemsize for t, e in types.items()}
         for n in model.graph.node:  # ZigZag reads operand precision from these (default 8 bit, trap #13)
             if n.op_type == "MatMul":
-                n.attribute.extend([helper.make_attribute("weight_size", bits), helper.make_attribute("act_size", bits),
+                a, w = (bits[x] for x in n.input)
+                n.attribute.extend([helper.make_attribute("weight_size", w), helper.make_attribute("act_size", a),
                                     helper.make_attribute("output_size", ACCUMULATOR_BITS)])  # fmt: skip
         return model
+
+    def _tensor_types(self, model: onnx.ModelProto) -> dict[str, int]:
+        """Every tensor's element type as stored: a layout view keeps its source's type (a weight or cache seen
+        through Reshape/Transpose is still that weight or cache); every other node writes an activation."""
+        types = {t.name: t.type.tensor_type.elem_type for t in model.graph.input}
+        types.update({t.name: t.data_type for t in model.graph.initializer})
+        for n in model.graph.node:
+            types[n.output[0]] = types[n.input[0]] if n.op_type in LAYOUT_OPS else self.dtype
+        return types
 
     def _check_inferred(self, model: onnx.ModelProto) -> None:
         """Our tracked shapes must agree with ONNX shape inference wherever it produced one."""

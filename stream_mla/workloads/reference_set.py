@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stream_mla.models import PRESETS
-from stream_mla.workloads import SCHEMES, WorkloadSpec, export, make_spec
+from stream_mla.workloads import WorkloadSpec, export, make_spec, registry
 from stream_mla.workloads.counts import count_file
 
 MODELS = ("deepseek-v3", "deepseek-v2-lite")
@@ -24,7 +24,7 @@ def grid() -> list[WorkloadSpec]:
     specs = []
     for name in MODELS:
         m = PRESETS[name]
-        for scheme in SCHEMES:
+        for scheme in registry.NAMES:
             kv = {"kv_heads": m.heads // GQA_GROUP} if scheme == "gqa" else {}
             points = [("decode", L) for L in DECODE_CONTEXTS] + [("prefill", S) for S in PREFILL_LENGTHS]
             specs += [make_spec(model=m, scheme=scheme, phase=ph, batch=1, context=c, **kv) for ph, c in points]
@@ -41,7 +41,7 @@ def write(root: str | Path = "onnx_models", progress: bool = True) -> list[Path]
         paths.append(path)
         rows.append({"file": path.name, "model": spec.model.name, "scheme": spec.scheme, "phase": spec.phase,
                      "batch": spec.batch, "context": spec.context, "kv_heads": spec.group_kv_heads if
-                     spec.scheme in ("mha", "gqa", "mqa") else "", "macs": c["macs"],
+                     spec.scheme_record.is_baseline else "", "macs": c["macs"],
                      "macs_causal": c["macs_causal"], **{f"{k}_bytes": v for k, v in c["bytes"].items()}})  # fmt: skip
     index = root / "index.csv"
     with index.open("w", newline="") as f:

@@ -134,9 +134,9 @@ def o_proj(b: GraphBuilder, m: ModelSpec, ctx: str, width: int) -> str:
 
 
 # ---- schemes ------------------------------------------------------------------------------------
-def build_mha(b: GraphBuilder, m: ModelSpec, x: str, s: Shape, kv_heads: int) -> str:
-    """§3: MHA (kv_heads = h), GQA, MQA (kv_heads = 1)."""
-    h, dh = m.heads, m.d_h
+def build_mha(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
+    """§3: MHA (n_kv = h), GQA, MQA (n_kv = 1); m is the baseline layer, its kv_heads already resolved."""
+    h, dh, kv_heads = m.heads, m.d_h, m.n_kv
     q = b.matmul("q_proj", x, b.weight("W_Q", (m.d_model, h * dh)))
     k_new = b.matmul("k_proj", x, b.weight("W_K", (m.d_model, kv_heads * dh)))
     v_new = b.matmul("v_proj", x, b.weight("W_V", (m.d_model, kv_heads * dh)))
