@@ -25,7 +25,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--phase", default="decode", help="decode (one new token, context L) or prefill (S tokens)")
     p.add_argument("--batch", type=int, default=1, help="B")
-    p.add_argument("--context", type=int, default=4096, help="L for decode, S for prefill")
+    p.add_argument("--context", type=int, default=4096, help="L for decode (cache entries), S for prefill")
+    p.add_argument("--queries", type=int, default=1, help="decode: new tokens per sequence and step (s_q)")
+    p.add_argument("--part", default="layer", help="layer (X to the output projection) or core (attention kernel)")
+    p.add_argument("--window", type=int, default=None, help="sliding window W (default: the model's, else none)")
     kinds = ", ".join(BYTES_PER_ELEMENT)
     p.add_argument(
         "--precision",
@@ -41,8 +44,9 @@ def workload_from_args(args: argparse.Namespace, default_precision: str | None =
     model = resolve(args.model, args.hf_config)
     scheme = args.scheme or registry.default_scheme(model)
     return make_spec(model=model, scheme=scheme, phase=args.phase, batch=args.batch, context=args.context,
-                     kv_heads=args.kv_heads, precision=args.precision or default_precision,
-                     kv_precision=args.kv_precision, act_precision=args.act_precision)  # fmt: skip
+                     queries=args.queries, part=args.part, window=args.window, kv_heads=args.kv_heads,
+                     precision=args.precision or default_precision, kv_precision=args.kv_precision,
+                     act_precision=args.act_precision)  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ results (stream, zigzag) are drawn with markers, the analytic roofline as thin l
 A figure whose data is absent raises `NoData`; `make_figures` logs it and goes on.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -22,6 +23,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from stream_mla import __version__
+from stream_mla.errors import SpecError
+from stream_mla.models import resolve_name_or_path
 from stream_mla.workloads import registry
 from stream_mla.workloads.registry import NAMES as SCHEMES
 
@@ -43,13 +46,36 @@ class NoData(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- table helpers
+@functools.cache
+def _own_window(model: str) -> int | None:
+    try:
+        return resolve_name_or_path(model).sliding_window
+    except SpecError:  # a config path that is gone: its rows keep whatever window they have
+        return None
+
+
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Ok rows, one per point key."""
+    """Ok rows, one per point key, on the paper's axes (`paper_rows`)."""
     if "status" in df.columns:
         df = df[df["status"] == "ok"]
     if "key" in df.columns:
         df = df.drop_duplicates("key")
-    return df.reset_index(drop=True)
+    return paper_rows(df).reset_index(drop=True)
+
+
+def paper_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows the paper's figures and claims are about: whole layers, one new token per decode step, the model's
+    own attention span (no window override), one precision for every tensor; where a platform was swept at
+    several, bf16 (the spec's p = 2) if present, else its first. Multi-token, core-only, windowed and
+    mixed-precision rows stay in the store for other views."""
+    if "part" not in df.columns:  # a table from before these axes
+        return df
+    own = df["model"].map(lambda m: _own_window(m) or np.nan)
+    same_window = (df["window"].isna() & own.isna()) | (df["window"] == own)
+    d = df[(df["part"] == "layer") & (df["queries"] == 1) & same_window & (df["precision"] == df["kv_precision"])
+           & (df["precision"] == df["act_precision"])]  # fmt: skip
+    pick = d.groupby("platform")["precision"].transform(lambda p: "bf16" if (p == "bf16").any() else min(p))
+    return d[d["precision"] == pick]
 
 
 def select(df: pd.DataFrame, **eq) -> pd.DataFrame:

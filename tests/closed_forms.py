@@ -46,28 +46,57 @@ def per_step_merge(m):
     return h * (q_in * dn * dc + dc * dv * d)
 
 
-def decode(m, scheme, B, L, n_kv=None):
-    """§3 and §5: MACs and DRAM elements per layer and decode step."""
+def decode(m, scheme, B, L, n_kv=None, Q=1, W=None):
+    """§3 and §5: MACs and DRAM elements per layer and decode step, for Q new tokens per sequence (multi-token
+    decode: every projection runs on Q tokens, the dense Q x T attention block) reading T cache entries: L, or
+    W + Q - 1 under a sliding window W (the entries the Q queries see)."""
     d, h, dq, q_in, dc, dn, dr, dv = dims(m)
-    act = 2 * B * d
+    T = min(L, W + Q - 1) if W else L
+    act = 2 * B * Q * d
     if scheme in ("mha", "gqa", "mqa"):
         n_kv = n_kv or h
-        return Forms(B * (w_mha(m, n_kv) + 2 * h * L * m.d_h), w_mha(m, n_kv), B * L * 2 * n_kv * m.d_h,
-                     B * 2 * n_kv * m.d_h, act)  # fmt: skip
+        return Forms(B * (Q * w_mha(m, n_kv) + 2 * h * Q * T * m.d_h), w_mha(m, n_kv), B * T * 2 * n_kv * m.d_h,
+                     B * Q * 2 * n_kv * m.d_h, act)  # fmt: skip
     lat = dc + dr
     if scheme == "mla-naive":
         e = h * (dn + dr + dv)
-        return Forms(B * (w_f(m) + h * L * (dn + dr + dv)), w_f(m), B * L * e, B * e, act)
+        return Forms(B * (Q * w_f(m) + h * Q * T * (dn + dr + dv)), w_f(m), B * T * e, B * Q * e, act)
     if scheme == "mla-absorb":
-        return Forms(B * (w_f(m) + h * L * (2 * dc + dr)), w_f(m), B * L * lat, B * lat, act)
-    if scheme == "mla-recompute":
-        macs = B * (w_f(m) + (L - 1) * h * dc * (dn + dv) + h * L * (dn + dr + dv))
-        return Forms(macs, w_f(m), B * L * lat, B * lat, act)
+        return Forms(B * (Q * w_f(m) + h * Q * T * (2 * dc + dr)), w_f(m), B * T * lat, B * Q * lat, act)
+    if scheme == "mla-recompute":  # W_UK/W_UV run over the T cached latents, not over the Q new tokens
+        up = h * dc * (dn + dv)
+        macs = B * (Q * (w_f(m) - up) + T * up + h * Q * T * (dn + dr + dv))
+        return Forms(macs, w_f(m), B * T * lat, B * Q * lat, act)
     if scheme == "mla-merged":
-        return Forms(B * (w_m(m) + h * L * (2 * dc + dr)), w_m(m), B * L * lat, B * lat, act)
+        return Forms(B * (Q * w_m(m) + h * Q * T * (2 * dc + dr)), w_m(m), B * T * lat, B * Q * lat, act)
     if scheme == "mla-merged-per-step":
-        return Forms(B * (w_m(m) + h * L * (2 * dc + dr)) + per_step_merge(m), w_f(m), B * L * lat, B * lat, act)
+        macs = B * (Q * w_m(m) + h * Q * T * (2 * dc + dr)) + per_step_merge(m)
+        return Forms(macs, w_f(m), B * T * lat, B * Q * lat, act)
     raise KeyError(scheme)
+
+
+def core(m, scheme, B, T, Q, n_kv=None):
+    """The attention core alone, as kernels report it: Q queries per sequence over T keys; bytes are the queries,
+    the cache read and the output (no projection weights, no cache write). FlashMLA's absorbed decode:
+    2·h·Q·T·(2 d_c + d_r) FLOPs over B·T·(d_c + d_r) cache elements (FlashMLA's "≈ 2·h_q·s_q FLOP/B", §11)."""
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    if scheme in ("mha", "gqa", "mqa"):
+        n_kv = n_kv or h
+        return Forms(B * 2 * h * Q * T * m.d_h, 0, B * T * 2 * n_kv * m.d_h, 0, 2 * B * h * Q * m.d_h)
+    if scheme in ("mla-absorb", "mla-merged", "mla-merged-per-step"):
+        return Forms(B * h * Q * T * (2 * dc + dr), 0, B * T * (dc + dr), 0, B * h * Q * (2 * dc + dr))
+    if scheme == "mla-naive":
+        return Forms(B * h * Q * T * (dn + dr + dv), 0, B * T * h * (dn + dr + dv), 0, B * h * Q * (dn + dr + dv))
+    if scheme == "mla-recompute":
+        up = h * dc * (dn + dv)
+        return Forms(B * (T * up + h * Q * T * (dn + dr + dv)), up, B * T * (dc + dr), 0, B * h * Q * (dn + dr + dv))
+    raise KeyError(scheme)
+
+
+def causal_pairs(Q, L, W=None):
+    """Query-key pairs of causal (windowed) attention, by direct summation: query i of the last Q sees
+    min(W, L - Q + 1 + i) keys."""
+    return sum(min(W, L - Q + 1 + i) if W else L - Q + 1 + i for i in range(Q))
 
 
 def prefill(m, scheme, B, S, causal=False, n_kv=None):

@@ -35,7 +35,7 @@ def heads_major(a):  # [B, T, H, d] -> [B, H, T, d]
 
 def check(spec, x_all, expected_y, caches, expected_writes):
     model = build(spec, seed=SEED)
-    n_q = 1 if spec.phase == "decode" else spec.context
+    n_q = spec.query_tokens
     feeds = {"x": x_all[:, -n_q:].astype(np.float32)}
     if spec.phase == "decode":
         feeds.update({i.name: caches[i.name] for i in model.graph.input if i.name != "x"})
@@ -59,11 +59,14 @@ mla_models = st.builds(
 @pytest.mark.parametrize("scheme", MLA_SCHEMES)
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 @settings(max_examples=6, deadline=None)
-@given(m=mla_models, batch=st.integers(1, 2), context=st.integers(1, 5), data_seed=st.integers(0, 99))
-def test_mla_matches_reference(scheme, phase, m, batch, context, data_seed):
-    spec = make_spec(model=m, scheme=scheme, phase=phase, batch=batch, context=context)
+@given(m=mla_models, batch=st.integers(1, 2), context=st.integers(1, 5), queries=st.integers(1, 3),
+       data_seed=st.integers(0, 99))  # fmt: skip
+def test_mla_matches_reference(scheme, phase, m, batch, context, queries, data_seed):
+    """Decode with Q new tokens (multi-token decode) attends densely over the L cached entries, as the graph."""
+    queries = min(queries, context) if phase == "decode" else 1
+    spec = make_spec(model=m, scheme=scheme, phase=phase, batch=batch, context=context, queries=queries)
     x_all = np.random.default_rng(data_seed).standard_normal((batch, context, m.d_model))
-    n_q = 1 if phase == "decode" else context
+    n_q = spec.query_tokens
     y, parts = reference.mla(m, canonical_weights(m, SEED), x_all, n_q)
     bsz, h = batch, m.heads
     flat = {k: v.reshape(bsz, context, -1) for k, v in parts.items()}
@@ -82,16 +85,18 @@ def test_mla_matches_reference(scheme, phase, m, batch, context, data_seed):
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 @settings(max_examples=6, deadline=None)
 @given(heads=st.sampled_from([2, 4, 8]), kv_div=st.sampled_from([1, 2, 4]), d_h=st.sampled_from([2, 4]),
-       batch=st.integers(1, 2), context=st.integers(1, 5), data_seed=st.integers(0, 99))  # fmt: skip
-def test_baselines_match_reference(scheme, phase, heads, kv_div, d_h, batch, context, data_seed):
+       batch=st.integers(1, 2), context=st.integers(1, 5), queries=st.integers(1, 3),
+       data_seed=st.integers(0, 99))  # fmt: skip
+def test_baselines_match_reference(scheme, phase, heads, kv_div, d_h, batch, context, queries, data_seed):
     kv_heads = max(1, heads // kv_div)
     if scheme == "gqa" and kv_heads == heads:
         kv_heads = heads // 2  # gqa with n_kv = h is an error (it would silently be mha)
     m = ModelSpec(name="tiny-llama", d_model=12, heads=heads, kv_heads=kv_heads, head_dim=d_h, precision="fp32")
-    spec = make_spec(model=m, scheme=scheme, phase=phase, batch=batch, context=context)
+    queries = min(queries, context) if phase == "decode" else 1
+    spec = make_spec(model=m, scheme=scheme, phase=phase, batch=batch, context=context, queries=queries)
     n_kv = spec.group_kv_heads
     x_all = np.random.default_rng(data_seed).standard_normal((batch, context, m.d_model))
-    n_q = 1 if phase == "decode" else context
+    n_q = spec.query_tokens
     cw = canonical_weights(spec.layer_model, SEED)
     y, parts = reference.mha(cw, x_all, n_q, heads, n_kv, d_h)
     caches = {"k_cache": heads_major(parts["k"]), "v_cache": heads_major(parts["v"])}

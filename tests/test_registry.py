@@ -81,6 +81,15 @@ def every_scheme_table() -> pd.DataFrame:
     return pd.DataFrame([run_point(p) for p in points])
 
 
+@pytest.fixture(scope="module")
+def serving_rows() -> pd.DataFrame:
+    """Rows on the new axes: multi-token decode, the core alone, fp8 and an fp8 cache, a window."""
+    block = {"models": ["deepseek-v3"], "schemes": list(registry.NAMES), "context": [4096],
+             "platforms": ["h100-like"], "kv_heads": [16], "queries": [1, 2], "parts": ["layer", "core"],
+             "precision": [None, "fp8"], "kv_precision": [None, "fp8"], "window": [None, 1024]}  # fmt: skip
+    return pd.DataFrame([run_point(p) for p in SweepSpec.from_dict({"sweeps": [block]}).points()])
+
+
 def test_claims_and_figures_take_every_scheme(every_scheme_table, tmp_path):
     t = every_scheme_table
     assert set(t["scheme"]) == set(registry.NAMES)
@@ -92,6 +101,19 @@ def test_claims_and_figures_take_every_scheme(every_scheme_table, tmp_path):
     assert len(files) == 18  # F1-F6, each PNG + SVG + CSV
     f1 = pd.read_csv(tmp_path / "F1_oi_vs_context.csv")
     assert set(f1.loc[f1["kind"] == "layer", "series"]) == set(registry.NAMES)
+
+
+def test_new_axes_leave_the_paper_views_unchanged(every_scheme_table, serving_rows, tmp_path):
+    """Claims and figures take a store with every axis and read the paper's rows only (whole layer, Q = 1, one
+    precision, bf16): adding multi-token, core, fp8 and windowed rows changes neither the claims nor F1-F6 data."""
+    assert {"core", "layer"} == set(serving_rows["part"]) and {1, 2} == set(serving_rows["queries"])
+    both = pd.concat([serving_rows, every_scheme_table], ignore_index=True)  # new rows first: no luck of order
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_figures(every_scheme_table, a)
+    make_figures(both, b)
+    for csv in sorted(a.glob("*.csv")):
+        assert csv.read_text() == (b / csv.name).read_text(), csv.name
+    pd.testing.assert_frame_equal(claims(every_scheme_table), claims(both))
 
 
 def test_sweep_rejects_unknown_schemes_with_the_registry_list():

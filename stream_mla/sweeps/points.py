@@ -21,7 +21,7 @@ from stream_mla.engines import evaluate
 from stream_mla.engines.result import STREAM_STRATEGIES, Result
 from stream_mla.models import Precision, resolve_name_or_path
 from stream_mla.platforms import PlatformSpec, load_platform
-from stream_mla.workloads import WorkloadSpec, build, make_spec
+from stream_mla.workloads import Part, WorkloadSpec, build, make_spec
 from stream_mla.workloads.counts import count, roofline
 
 # "stream" runs Stream's strategies in turn (auto); "stream:<strategy>" forces one, as a series of its own
@@ -30,8 +30,8 @@ Engine = Literal[ENGINES]
 ENGINE_PACKAGES = {"stream": "stream-dse", "zigzag": "zigzag-dse"}
 
 ROW_COLUMNS = (
-    "key", "status", "error", "model", "scheme", "phase", "batch", "context", "kv_heads", "precision",
-    "kv_precision", "act_precision", "platform", "bw_scale",
+    "key", "status", "error", "model", "scheme", "phase", "part", "batch", "context", "queries", "window",
+    "kv_heads", "precision", "kv_precision", "act_precision", "platform", "bw_scale",
     "engine", "engine_version", "strategy", "clock_ghz", "peak_flop_per_s", "dram_bytes_per_s", "ridge",
     "macs", "macs_causal", "weight_bytes", "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes",
     "oi", "roofline_compute_s", "roofline_memory_s", "roofline_s", "bound", "latency_cycles", "latency_s",
@@ -61,6 +61,9 @@ class SweepPoint(BaseModel):
     precision: Precision | None = None  # None: the platform's native precision
     kv_precision: Precision | None = None  # None: precision
     act_precision: Precision | None = None  # None: precision
+    queries: PositiveInt = 1
+    part: Part = "layer"
+    window: PositiveInt | None = None  # None: the model's own
     platform: str  # preset name or platform YAML path
     bw_scale: PositiveFloat = 1.0
     engine: Engine = "analytic"
@@ -69,7 +72,8 @@ class SweepPoint(BaseModel):
         """The workload as run on the point's platform (its native precision where the point sets none)."""
         spec = make_spec(model=resolve_name_or_path(self.model), scheme=self.scheme, phase=self.phase, batch=self.batch,
                          context=self.context, kv_heads=self.kv_heads, precision=self.precision,
-                         kv_precision=self.kv_precision, act_precision=self.act_precision)  # fmt: skip
+                         kv_precision=self.kv_precision, act_precision=self.act_precision, queries=self.queries,
+                         part=self.part, window=self.window)  # fmt: skip
         return spec.on_platform(load_platform(self.platform).precision)
 
     def platform_spec(self) -> PlatformSpec:
@@ -128,6 +132,7 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
     row = {
         "key": point.key(), "status": "ok", "error": "", **point.model_dump(exclude={"platform"}),
         "kv_heads": spec.group_kv_heads if spec.scheme_record.is_baseline else None,
+        "window": spec.attention_window,
         **{f"{k}precision": spec.precisions[c] for k, c in (("", "weights"), ("kv_", "kv_cache"),
                                                              ("act_", "activations"))},  # fmt: skip
         "platform": p.name.split("@")[0], "engine_version": engine_version(point.engine), "clock_ghz": p.clock_ghz,

@@ -14,6 +14,9 @@
         precision: [null, fp8]        # weights (and default of the next two); null = each platform's native
         kv_precision: [null]          # KV cache; null = precision
         act_precision: [null]         # activations; null = precision
+        queries: [1, 2]               # decode: new tokens per sequence and step; default [1]
+        parts: [layer, core]          # the whole layer or the attention core alone; default [layer]
+        window: [null, 4096]          # sliding window; null = the model's own (none for DeepSeek); default [null]
 
 Every point is validated when the spec is loaded (its workload and platform are built), so a bad value ends
 with one SpecError line naming the field, e.g. `sweeps.0.engines.1: Input should be 'analytic', ...`.
@@ -31,7 +34,7 @@ from stream_mla.models import PRESETS as MODEL_PRESETS
 from stream_mla.models import Precision, resolve_name_or_path
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
 from stream_mla.sweeps.points import Engine, SweepPoint
-from stream_mla.workloads import registry
+from stream_mla.workloads import Part, registry
 
 DEFAULT_SPEC = Path(__file__).with_name("default.yaml")
 
@@ -66,17 +69,28 @@ class Block(BaseModel):
     precision: list[Precision | None] = Field(default=[None], min_length=1)  # None: each platform's native one
     kv_precision: list[Precision | None] = Field(default=[None], min_length=1)
     act_precision: list[Precision | None] = Field(default=[None], min_length=1)
+    queries: list[PositiveInt] = Field(default=[1], min_length=1)  # decode only; prefill points take 1
+    parts: list[Part] = Field(default=["layer"], min_length=1)
+    window: list[PositiveInt | None] = Field(default=[None], min_length=1)  # None: the model's own
 
     def points(self) -> list[SweepPoint]:
+        """The block's product in AXES order (the first axis outermost)."""
         out = []
-        for eng, model, scheme, phase, batch, ctx, plat, bw, kvh, prec, kvp, actp in itertools.product(
-            self.engines, self.models, self.schemes, self.phases, self.batch, self.context, self.platforms,
-            self.bw_scale, self.kv_heads, self.precision, self.kv_precision, self.act_precision,
-        ):  # fmt: skip
-            out.append(SweepPoint(model=model, scheme=scheme, phase=phase, batch=batch, context=ctx, platform=plat,
-                                  bw_scale=bw, engine=eng, kv_heads=kvh if scheme == "gqa" else None,
-                                  precision=prec, kv_precision=kvp, act_precision=actp))  # fmt: skip
+        for values in itertools.product(*(getattr(self, axis) for axis, _ in AXES)):
+            p = dict(zip((field for _, field in AXES), values, strict=True))
+            p["kv_heads"] = p["kv_heads"] if p["scheme"] == "gqa" else None
+            p["queries"] = p["queries"] if p["phase"] == "decode" else 1  # prefill's queries are its S tokens
+            out.append(SweepPoint(**p))
         return out
+
+
+# block list -> SweepPoint field; new axes go last so existing specs keep their point order
+AXES = (
+    ("engines", "engine"), ("models", "model"), ("schemes", "scheme"), ("phases", "phase"), ("batch", "batch"),
+    ("context", "context"), ("platforms", "platform"), ("bw_scale", "bw_scale"), ("kv_heads", "kv_heads"),
+    ("precision", "precision"), ("kv_precision", "kv_precision"), ("act_precision", "act_precision"),
+    ("queries", "queries"), ("parts", "part"), ("window", "window"),
+)  # fmt: skip
 
 
 class SweepSpec(BaseModel):

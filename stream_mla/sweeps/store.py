@@ -15,10 +15,10 @@ from stream_mla.sweeps.points import ROW_COLUMNS
 
 DEFAULT_DB = "results/results.sqlite"
 
-INT_COLUMNS = ("batch", "context", "kv_heads", "macs", "macs_causal", "weight_bytes", "kv_read_bytes",
-               "kv_write_bytes", "activation_bytes", "dram_bytes", "layer_by_layer_bytes")  # fmt: skip
-TEXT_COLUMNS = ("key", "status", "error", "model", "scheme", "phase", "precision", "kv_precision", "act_precision",
-                "platform", "engine", "engine_version", "strategy", "bound", "warnings", "hotspot",
+INT_COLUMNS = ("batch", "context", "queries", "window", "kv_heads", "macs", "macs_causal", "weight_bytes",
+               "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes", "layer_by_layer_bytes")  # fmt: skip
+TEXT_COLUMNS = ("key", "status", "error", "model", "scheme", "phase", "part", "precision", "kv_precision",
+                "act_precision", "platform", "engine", "engine_version", "strategy", "bound", "warnings", "hotspot",
                 "excess_step")  # fmt: skip
 SORT_COLUMNS = ("engine", "model", "scheme", "phase", "batch", "context", "platform", "bw_scale", "key")
 FORMATS = ("csv", "parquet")

@@ -14,6 +14,7 @@ from stream_mla.workloads.graph import GraphBuilder
 from stream_mla.workloads.weights import graph_factors
 
 Phase = Literal["decode", "prefill"]
+Part = Literal["layer", "core"]
 
 
 def compute_precision(precisions: dict[str, str]) -> str:
@@ -32,7 +33,10 @@ class WorkloadSpec(BaseModel):
     scheme: str
     phase: Phase = "decode"
     batch: PositiveInt = 1
-    context: PositiveInt  # decode: L keys attended (the new token's included); prefill: S tokens
+    context: PositiveInt  # decode: L cache entries (the new tokens' included); prefill: S tokens
+    queries: PositiveInt = 1  # decode: new tokens per sequence and step (s_q; MTP, speculative verification)
+    part: Part = "layer"  # layer: X to the output projection; core: the attention kernel alone
+    window: PositiveInt | None = None  # sliding-window attention span W; None: the model's (HF sliding_window)
     kv_heads: PositiveInt | None = None  # gqa only: override the model's K/V heads
     # Precision per tensor class; None follows `precision`, which itself defaults to the model's (its torch_dtype).
     # Callers with a platform fill unset ones with its native precision first (`on_platform`).
@@ -54,7 +58,28 @@ class WorkloadSpec(BaseModel):
         if self.scheme == "gqa" and self.group_kv_heads == h:  # would silently be MHA
             raise ValueError(f"--kv-heads: scheme gqa on {self.model.name} (n_kv = h = {h}) needs --kv-heads, "
                              f"a divisor of {h} below {h}")  # fmt: skip
+        if self.phase == "prefill" and self.queries != 1:
+            raise ValueError(f"--queries: {self.queries} applies to decode only (prefill's queries are its S tokens)")
+        if self.queries > self.context:
+            raise ValueError(f"--queries: {self.queries} new tokens need a cache of at least as many entries "
+                             f"(--context {self.context})")  # fmt: skip
         return self
+
+    @property
+    def attention_window(self) -> int | None:
+        return self.window or self.model.sliding_window
+
+    @property
+    def query_tokens(self) -> int:
+        """Sq: the tokens whose queries the layer computes."""
+        return self.queries if self.phase == "decode" else self.context
+
+    @property
+    def keys(self) -> int:
+        """T: the cache entries a decode step reads (a window W caps them at the W + Q - 1 its queries see), or the
+        S tokens of prefill."""
+        w = self.attention_window
+        return min(self.context, w + self.queries - 1) if w and self.phase == "decode" else self.context
 
     @property
     def precisions(self) -> dict[str, str]:
@@ -100,7 +125,9 @@ class WorkloadSpec(BaseModel):
         p = self.precisions
         prec = p["weights"] + "".join(f"_{tag}{p[c]}" for tag, c in (("kv", "kv_cache"), ("a", "activations"))
                                       if p[c] != p["weights"])  # fmt: skip
-        return f"{self.model.name}_{self.scheme}{kv}_{self.phase}_b{self.batch}_{axis}{self.context}_{prec}"
+        extra = "".join(tag for tag, on in ((f"_q{self.queries}", self.queries > 1), ("_core", self.part == "core"),
+                                            (f"_w{self.window}", self.window)) if on)  # fmt: skip
+        return f"{self.model.name}_{self.scheme}{kv}_{self.phase}{extra}_b{self.batch}_{axis}{self.context}_{prec}"
 
 
 def make_spec(**fields) -> WorkloadSpec:
@@ -117,16 +144,25 @@ def build(spec: WorkloadSpec, seed: int | None = None) -> onnx.ModelProto:
         got = "/".join(dict.fromkeys(spec.precisions.values()))
         raise SpecError(f"--precision: random weights are computed in fp32 (got {got}; allowed: fp32)")
     b = GraphBuilder(spec.precisions, graph_factors(m, seed) if seed is not None else None)
-    queries = 1 if spec.phase == "decode" else spec.context
-    shape = schemes.Shape(batch=spec.batch, queries=queries, keys=spec.context, decode=spec.phase == "decode")
-    x = b.input("x", (spec.batch, queries, m.d_model), cls="activations")
-    y = spec.scheme_record.builder(b, m, x, shape)
+    shape = schemes.Shape(batch=spec.batch, queries=spec.query_tokens, keys=spec.keys, decode=spec.phase == "decode")
+    if spec.part == "core":
+        y = spec.scheme_record.core(b, m, shape)
+    else:
+        y = spec.scheme_record.builder(b, m, b.input("x", (spec.batch, shape.queries, m.d_model), "activations"), shape)
     meta = {
         "spec": spec.model_dump(mode="json"),
         "seed": seed,
         "precision": spec.precisions,
         "bytes_per_element": BYTES_PER_ELEMENT[spec.compute_precision],  # the widest operand: footprints
         "phase": spec.phase,
+        # what the dense attention block stands for: Sq queries at the end of `context` tokens, over `keys`
+        # graph keys, each seeing at most `window` of them (causal) -> the counter's exact query-key pairs
+        "attention": {
+            "queries": shape.queries,
+            "keys": shape.keys,
+            "context": spec.context,
+            "window": spec.attention_window,
+        },
     }
     return b.build(y, spec.slug.replace("-", "_").replace(".", "_"), meta)
 

@@ -7,7 +7,9 @@
 - Layer-by-layer bytes: the traffic of an executor that keeps nothing on-chip between nodes, each node reading
   all its inputs from DRAM and writing its output back (layout views are free). The upper reference for an engine
   run with a fusion cut after every layer, as the lower one above is for a perfect one.
-- Prefill: `macs_causal` applies the exact causal factor (S+1)/(2S) to the S x S nodes the exporter marked.
+- Causal (and windowed) attention: the graphs compute the dense Sq x T block; `macs_causal` scales the nodes the
+  exporter marked by the exact share of query-key pairs a causal attention computes (`attended_pairs`): (S+1)/(2S)
+  for prefill, 1 - (Q-1)/(2L) for Q new decode tokens, less where a window W caps what each query sees.
 - Bytes are elements x each tensor's own element size as stored in the graph (weights, KV cache and activations may
   differ); the cache write is charged at the cache's precision.
 """
@@ -50,6 +52,14 @@ class Roofline:
         return "compute" if self.compute_s >= self.memory_s else "memory"
 
 
+def attended_pairs(queries: int, context: int, window: int | None = None) -> int:
+    """Query-key pairs of causal attention for the last `queries` of `context` tokens, each query seeing itself and
+    at most window - 1 earlier tokens: sum over i < Q of min(W, L - Q + 1 + i), in closed form."""
+    first = context - queries + 1  # keys seen by the first query
+    uncapped = queries if window is None else min(max(window - first + 1, 0), queries)
+    return uncapped * first + uncapped * (uncapped - 1) // 2 + (queries - uncapped) * (window or 0)
+
+
 def count(model: onnx.ModelProto) -> dict:
     """The `stream-mla count --json` document for one graph."""
     meta = metadata(model)
@@ -62,11 +72,12 @@ def count(model: onnx.ModelProto) -> dict:
     types.update({t.name: t.data_type for t in g.initializer})
     width = {name: tensor_dtype_to_np_dtype(t).itemsize for name, t in types.items()}  # bytes per element
     weights = {t.name for t in g.initializer if len(t.dims) >= 2}
-    caches = [i.name for i in g.input if i.name != "x"]
+    act_inputs = meta.get("activation_inputs", ["x"])
+    caches = [i.name for i in g.input if i.name not in act_inputs]
     causal = set(meta.get("causal_nodes", []))
     phase = meta["phase"]
-    seq = shapes["x"][1]
-    causal_factor = (seq + 1, 2 * seq)  # exact: S(S+1)/2 of the S^2 query-key pairs
+    att = meta["attention"]
+    causal_factor = (attended_pairs(att["queries"], att["context"], att["window"]), att["queries"] * att["keys"])
 
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
     nbytes = {name: n * width[name] for name, n in numel.items()}
@@ -88,13 +99,13 @@ def count(model: onnx.ModelProto) -> dict:
         "weights": sum(numel[w] for w in weights),
         "kv_read": sum(numel[c] for c in caches),
         "kv_write": sum(numel[t] * copies for t, copies in meta.get("kv_write", [])),
-        "activations": numel["x"] + numel[g.output[0].name],
+        "activations": sum(numel[a] for a in act_inputs) + numel[g.output[0].name],
     }
     byte_counts = {
         "weights": sum(nbytes[w] for w in weights),
         "kv_read": sum(nbytes[c] for c in caches),
         "kv_write": elems["kv_write"] * kv_width,
-        "activations": nbytes["x"] + nbytes[g.output[0].name],
+        "activations": sum(nbytes[a] for a in act_inputs) + nbytes[g.output[0].name],
     }
     byte_counts["total"] = sum(byte_counts.values())
     return {

@@ -86,12 +86,15 @@ class GraphBuilder:
         self.inits: list[TensorProto] = []
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.kv_writes: list[tuple[str, int]] = []  # (tensor, copies written per element)
+        self.activation_inputs: list[str] = []  # graph inputs that are activations (x, or a core's queries)
         self.causal_nodes: list[str] = []
 
     # ---- sources -------------------------------------------------------------------------------
     def input(self, name: str, shape, cls: str = "kv_cache") -> str:
         """A graph input: the KV cache (default) or, with cls="activations", the layer input x."""
         self.inputs.append(helper.make_tensor_value_info(name, self.types[cls], list(shape)))
+        if cls == "activations":
+            self.activation_inputs.append(name)
         self.shapes[name] = tuple(shape)
         return name
 
@@ -207,7 +210,8 @@ class GraphBuilder:
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, [out], initializer=self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="stream-mla")
         model.ir_version = 10  # fixed, so files do not change with the installed onnx
-        meta = {**metadata, "kv_write": self.kv_writes, "causal_nodes": self.causal_nodes}
+        meta = {**metadata, "kv_write": self.kv_writes, "causal_nodes": self.causal_nodes,
+                "activation_inputs": self.activation_inputs}  # fmt: skip
         for key, value in meta.items():
             model.metadata_props.add(key=META_PREFIX + key, value=json.dumps(value, sort_keys=True))
         twin = single_typed(model, self.dtype) if self.mixed else model

@@ -12,7 +12,8 @@ from stream_mla.models import ModelSpec
 from stream_mla.workloads import schemes as builders
 from stream_mla.workloads.graph import GraphBuilder
 
-Builder = Callable[[GraphBuilder, ModelSpec, str, builders.Shape], str]
+Builder = Callable[[GraphBuilder, ModelSpec, str, builders.Shape], str]  # (b, layer model, x, shape) -> output
+CoreBuilder = Callable[[GraphBuilder, ModelSpec, builders.Shape], str]  # the attention core alone
 ALL_FAMILIES = frozenset({"mla", "mha", "gqa", "mqa"})
 
 
@@ -25,6 +26,7 @@ class Scheme:
     family: str  # "baseline" (MHA/GQA/MQA layer of the model's d and h) or "mla" (the model's own MLA layer)
     cache: str  # what the KV cache holds per token and layer
     builder: Builder
+    core: CoreBuilder
     applies_to: frozenset[str]  # model families it can be exported for
     default_for: frozenset[str] = frozenset()  # model families whose default scheme this is
     aliases: tuple[str, ...] = ()
@@ -35,12 +37,14 @@ class Scheme:
         return self.family == "baseline"
 
 
-def _mla(name: str, label: str, short: str, color: str, cache: str, builder: Builder, **kw) -> Scheme:
-    return Scheme(name, label, short, color, "mla", cache, builder, frozenset({"mla"}), **kw)
+def _mla(name: str, label: str, short: str, color: str, cache: str, builder: Builder, core: CoreBuilder,
+         **kw) -> Scheme:  # fmt: skip
+    return Scheme(name, label, short, color, "mla", cache, builder, core, frozenset({"mla"}), **kw)
 
 
 def _baseline(name: str, label: str, color: str, cache: str, **kw) -> Scheme:
-    return Scheme(name, label, name, color, "baseline", cache, builders.build_mha, ALL_FAMILIES, **kw)
+    return Scheme(name, label, name, color, "baseline", cache, builders.build_mha, builders.core_mha, ALL_FAMILIES,
+                  **kw)  # fmt: skip
 
 
 _LATENT = "latent c_KV (d_c) + shared RoPE key (d_r)"
@@ -54,16 +58,17 @@ REGISTRY: dict[str, Scheme] = {
         _baseline("mqa", "mqa", "#7f7f7f", "one K, V head (2·d_h)", default_for=frozenset({"mqa"}),
                   description="multi-query attention, n_kv = 1 (§3)"),
         _mla("mla-naive", "naive", "naive", "#ff7f0e", "up-projected K, V and per-head RoPE key (h·(d_n+d_r+d_v))",
-             builders.build_mla_naive, description="MLA with the up-projected K/V cached (§5.4)"),
-        _mla("mla-absorb", "absorb", "absorb", "#1f77b4", _LATENT, builders.build_mla_absorb,
+             builders.build_mla_naive, builders.core_naive,
+             description="MLA with the up-projected K/V cached (§5.4)"),
+        _mla("mla-absorb", "absorb", "absorb", "#1f77b4", _LATENT, builders.build_mla_absorb, builders.core_latent,
              default_for=frozenset({"mla"}), aliases=("mla-reuse",),
              description="W_UK absorbed into the query, attention in latent space; the paper's reuse (§5.2)"),
         _mla("mla-recompute", "recompute", "rc", "#2ca02c", _LATENT, builders.build_mla_recompute,
-             description="K and V re-projected from the latent cache every step (§5.3)"),
-        _mla("mla-merged", "merged", "merged", "#9467bd", _LATENT, builders.build_mla_merged,
+             builders.core_recompute, description="K and V re-projected from the latent cache every step (§5.3)"),
+        _mla("mla-merged", "merged", "merged", "#9467bd", _LATENT, builders.build_mla_merged, builders.core_latent,
              description="W_QK = W_UQ·W_UKᵀ and W_VO = W_UV·W_O precomputed (§5.5)"),
         _mla("mla-merged-per-step", "merged per-step", "per-step", "#8c564b", _LATENT,
-             lambda *a: builders.build_mla_merged(*a, per_step=True),
+             lambda *a: builders.build_mla_merged(*a, per_step=True), builders.core_latent,
              description="the merged weights recomputed every step (§5.5)"),
     )
 }  # fmt: skip

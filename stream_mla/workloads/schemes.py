@@ -20,8 +20,8 @@ class Shape:
     """Runtime sizes of one exported layer."""
 
     batch: int
-    queries: int  # Sq: 1 for decode, S for prefill
-    keys: int  # T: L for decode, S for prefill
+    queries: int  # Sq: the new tokens for decode (1 unless multi-token), S for prefill
+    keys: int  # T: the cache entries read for decode (L, or the window's share of it), S for prefill
     decode: bool
 
 
@@ -74,7 +74,9 @@ def kv_view(b: GraphBuilder, name: str, cache: str) -> str:
 
 def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, causal: bool) -> str:
     """softmax(sum_i q_i @ k_i^T) @ values. Each term is (score node name, q [B,G',r,d], k [B,G',T,d]);
-    every score is reshaped to the first term's [B, G, g*Sq, T] layout before the sum."""
+    every score is reshaped to the first term's [B, G, g*Sq, T] layout before the sum. The block is dense
+    (no mask, engines.md #9); `causal` marks its query-key nodes, whose MACs the counter scales to the pairs a
+    causal (and windowed) attention really computes."""
     scores = []
     for name, q, k in terms:
         kt = b.transpose(f"{name}_kt", k, (0, 1, 3, 2))
@@ -150,7 +152,7 @@ def build_mha(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
     else:
         k, v = b.split_heads("k_heads", k_new, kv_heads), b.split_heads("v_heads", v_new, kv_heads)
         side = []
-    ctx = attention(b, [("scores", qg, k)], v, causal=not s.decode)
+    ctx = attention(b, [("scores", qg, k)], v, causal=True)
     y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * dh)
     return finish(b, y, side)
 
@@ -159,7 +161,7 @@ def latent_attention(b: GraphBuilder, m: ModelSpec, q_lat: str, q_rope: str, c: 
     """A2-A5: MQA over the shared latent; returns o_lat [B, 1, h*Sq, d_c]."""
     qg_rope = group_queries(b, "q_rope_rows", q_rope, m.heads, 1)
     values = kv_view(b, "c_kv_values", c) if s.decode else c
-    return attention(b, [("scores_lat", q_lat, c), ("scores_rope", qg_rope, kr)], values, causal=not s.decode)
+    return attention(b, [("scores_lat", q_lat, c), ("scores_rope", qg_rope, kr)], values, causal=True)
 
 
 def build_mla_absorb(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
@@ -198,7 +200,7 @@ def build_mla_recompute(b: GraphBuilder, m: ModelSpec, x: str, s: Shape, write_e
     qn = group_queries(b, "q_nope_heads", q_nope, h, h)
     qr = group_queries(b, "q_rope_rows", q_rope, h, 1)  # shared RoPE key: one K head, heads as rows
     ctx = attention(b, [("scores_nope", qn, b.split_heads("k_heads", k, h)), ("scores_rope", qr, kr)],
-                    b.split_heads("v_heads", v, h), causal=not s.decode)  # fmt: skip
+                    b.split_heads("v_heads", v, h), causal=True)  # fmt: skip
     y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * m.v_head_dim)
     return finish(b, y, side)
 
@@ -217,8 +219,8 @@ def build_mla_naive(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
     kr = b.input("k_rope_cache", (s.batch, h, s.keys, dr))
     v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, h, s.keys, dv)))
     qn, qr = group_queries(b, "q_nope_heads", q_nope, h, h), group_queries(b, "q_rope_heads", q_rope, h, h)
-    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=False)
-    y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, 1), h * dv)
+    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True)
+    y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * dv)
     return finish(b, y, [k_new, v_new, kr_new])
 
 
@@ -241,3 +243,49 @@ def build_mla_merged(b: GraphBuilder, m: ModelSpec, x: str, s: Shape, per_step: 
     o_lat = latent_attention(b, m, q_lat, q_rope, c, kr, s)
     y = b.matmul("o_merged_proj", ungroup(b, "o_lat_merged", o_lat, s.queries), w_vo)
     return finish(b, y, side)
+
+
+# ---- the attention core alone (--part core) -----------------------------------------------------
+# What attention kernels (FlashAttention, FlashMLA) compute and report: queries in, the cache read, the context
+# out; no projections and no cache write. Queries arrive already projected (and scaled) as activations.
+def core_mha(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
+    """MHA/GQA/MQA core: softmax(q K^T) V over n_kv K/V heads, g = h/n_kv query heads per K/V head."""
+    g, dh, kv = m.heads // m.n_kv, m.d_h, m.n_kv
+    q = b.input("q", (s.batch, kv, g * s.queries, dh), cls="activations")
+    k = b.input("k_cache", (s.batch, kv, s.keys, dh))
+    v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, kv, s.keys, dh)))
+    return attention(b, [("scores", q, k)], v, causal=True)
+
+
+def core_latent(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
+    """Absorbed MLA core (absorb and both merged schemes): MQA over the latent, keys d_c + d_r, values d_c."""
+    rows = m.heads * s.queries
+    q_lat = b.input("q_lat", (s.batch, 1, rows, m.kv_lora_rank), cls="activations")
+    q_rope = b.input("q_rope", (s.batch, 1, rows, m.qk_rope_head_dim), cls="activations")
+    c = b.input("c_kv_cache", (s.batch, 1, s.keys, m.kv_lora_rank))
+    kr = b.input("k_rope_cache", (s.batch, 1, s.keys, m.qk_rope_head_dim))
+    terms = [("scores_lat", q_lat, c), ("scores_rope", q_rope, kr)]
+    return attention(b, terms, kv_view(b, "c_kv_values", c), causal=True)
+
+
+def core_naive(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
+    """mla-naive core: MHA over the up-projected per-head cache (keys d_n + d_r, values d_v)."""
+    h, dn, dr, dv = m.heads, m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim
+    qn = b.input("q_nope", (s.batch, h, s.queries, dn), cls="activations")
+    qr = b.input("q_rope", (s.batch, h, s.queries, dr), cls="activations")
+    k, kr = b.input("k_nope_cache", (s.batch, h, s.keys, dn)), b.input("k_rope_cache", (s.batch, h, s.keys, dr))
+    v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, h, s.keys, dv)))
+    return attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True)
+
+
+def core_recompute(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
+    """mla-recompute core: the re-projection of K and V from the latent cache is the scheme's attention work
+    (R1/R2), so it is part of its core, with W_UK and W_UV."""
+    h, dn, dr = m.heads, m.qk_nope_head_dim, m.qk_rope_head_dim
+    qn = b.input("q_nope", (s.batch, h, s.queries, dn), cls="activations")
+    qr = b.input("q_rope", (s.batch, 1, h * s.queries, dr), cls="activations")  # heads as rows: one RoPE key
+    c = b.input("c_kv_cache", (s.batch, 1, s.keys, m.kv_lora_rank))
+    kr = b.input("k_rope_cache", (s.batch, 1, s.keys, dr))
+    k, v = up_project(b, m, b.reshape("c_kv_rows", c, (s.batch, s.keys, m.kv_lora_rank)))
+    terms = [("scores_nope", qn, b.split_heads("k_heads", k, h)), ("scores_rope", qr, kr)]
+    return attention(b, terms, b.split_heads("v_heads", v, h), causal=True)
