@@ -76,8 +76,10 @@ def count(model: onnx.ModelProto) -> dict:
     caches = [i.name for i in g.input if i.name not in act_inputs]
     causal = set(meta.get("causal_nodes", []))
     phase = meta["phase"]
-    att = meta["attention"]
-    causal_factor = (attended_pairs(att["queries"], att["context"], att["window"]), att["queries"] * att["keys"])
+    att = meta.get("attention")  # absent in a hand-built graph: its marked nodes (if any) count dense
+    causal_factor = (
+        (attended_pairs(att["queries"], att["context"], att["window"]), att["queries"] * att["keys"]) if att else (1, 1)
+    )
 
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
     nbytes = {name: n * width[name] for name, n in numel.items()}
