@@ -1,24 +1,32 @@
-"""The propositions C1-C4 of attention-schemes.md §8, tested on the stored result rows.
+"""The propositions C1-C4 of attention-schemes.md §8 as data, tested on the stored result rows.
 
-Every measured number comes from the rows (analytic roofline rows and, where present, engine rows); the
-predictions are the spec's numbers, quoted with their section, or closed forms evaluated on the rows. A claim
-whose rows are absent is reported as NO DATA, never guessed.
+Every check is one frozen `Check` record: the quantity, the engine whose rows it reads (analytic, stream, zigzag
+or stream:<strategy>), the measured value, the prediction and how they compare, the verdict, the evidence (rows'
+keys and values) and, for a FAIL, a reason computed from the rows. Computation (row selection, arithmetic,
+verdict) is the first half of this module; text, JSON and the summary table are rendered from the records only
+(the HTML in report.py too). Measured numbers come from the rows; predictions are the spec's numbers in the
+tables below, or closed forms evaluated on the rows. A quoted prediction whose rows are absent is NO DATA.
 """
 
 import textwrap
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from stream_mla.figures import MODEL, PLATFORMS, bandwidth_sweep, ok_rows, ordered, select
+from stream_mla.figures import ENGINES, MODEL, PLATFORMS, bandwidth_sweep, ok_rows, ordered, select
+from stream_mla.figures import short as model_short
+from stream_mla.models import BYTES_PER_ELEMENT
 from stream_mla.models import PRESETS as MODEL_PRESETS
-from stream_mla.workloads.registry import NAMES as SCHEMES
 from stream_mla.workloads.registry import short
 
-COLUMNS = ("claim", "statement", "measured", "predicted", "result", "note")
+PASS, FAIL, NO_DATA = "PASS", "FAIL", "NO DATA"
+ANALYTIC = "analytic"
 TOL = 0.10  # §8.2 C1/C2: within 10 %
 TIE = 0.05  # §8.2 C3a: within 5 %
-ENGINES = ("stream", "zigzag")
+SLACK = 1e-9  # float rounding where the spec's relation is exact ("never faster", the crossover rule)
+EVIDENCE = 5  # points kept as evidence of a check over many points (the worst first)
 
 STATEMENTS = {
     "C1": "MLA cuts decode DRAM traffic compared with MHA",
@@ -28,8 +36,10 @@ STATEMENTS = {
     "C3c": "merged per-step vs merged (reuse): winner flips with the platform ridge",
     "C4": "MLA is more stable than MHA across platforms and as L grows",
 }
+ANALYTIC_ONLY = {"C2"}  # OI is a property of the workload: the engines only change the attained fraction of the roof
 # Quoted predictions (attention-schemes.md §8.2 and §7.1), V3 decode.
 C1_RATIOS = {(1, 1024): 2.68, (1, 4096): 3.19, (1, 32768): 7.49, (32, 4096): 18.2}
+C1_ENGINE_SCHEMES = ("mla-absorb", "mla-recompute")  # C1's test: engine DRAM bytes of these within 10 %
 C2_OI = {  # §7.1
     1024: {"mha": 1.0, "mla-naive": 1.0, "mla-absorb": 1.8, "mla-recompute": 92.7, "mla-merged": 1.2,
            "mla-merged-per-step": 393},
@@ -38,36 +48,153 @@ C2_OI = {  # §7.1
     32768: {"mha": 1.0, "mla-naive": 1.0, "mla-absorb": 23.1, "mla-recompute": 2676, "mla-merged": 8.4,
             "mla-merged-per-step": 380},
 }  # fmt: skip
+C2_MEMORY_BOUND = ("mha", "mla-naive", "mla-absorb", "mla-merged")  # on every preset at B = 1 (§8.2 C2)
 C3A_LSTAR = {"h20-like": 402, "edge-npu": 703, "tpu-v5e-like": 2682, "h100-like": 3309, "cloud-fusemax": 3453}
 PAIRS = {  # claim: (X does more FLOPs, Y moves more bytes, R* at B=1 L=4k quoted, platforms where X wins)
     "C3b": ("mla-recompute", "mla-naive", (195.0, 195.0), {"cloud-fusemax", "tpu-v5e-like", "h100-like"}),
     "C3c": ("mla-merged-per-step", "mla-merged", (123.0, 127.0), {"cloud-fusemax", "tpu-v5e-like", "h100-like"}),
 }
-C4_GROWTH = {"mha": 3.07, "mla-naive": 6.68, "mla-absorb": 1.10, "mla-merged": 1.03}
+C4_GROWTH = {"mha": 3.07, "mla-naive": 6.68, "mla-absorb": 1.10, "mla-merged": 1.03}  # T(32k)/T(1k), B = 1
+C4_GROWTH_TEST = {"mha": ("≥", 3.0), "mla-absorb": ("≤", 1.2)}  # §8.2 C4's test: MHA ≥ 3x, absorb ≤ 1.2x
 C4_GAP_B32 = {"cloud-fusemax": 18.2, "tpu-v5e-like": 18.2, "h100-like": 18.2, "edge-npu": 12.6, "h20-like": 7.3}
+C4_HIGH = tuple(p for p, v in C4_GAP_B32.items() if v == max(C4_GAP_B32.values()))  # where MLA gains most
+C4_LOW = min(C4_GAP_B32, key=C4_GAP_B32.get)  # where it gains least (bandwidth plentiful relative to compute)
+
+RELATIONS: dict[str, Callable[[float, float, float], bool]] = {
+    "≈": lambda m, p, t: abs(m / p - 1) <= t,
+    "≤": lambda m, p, t: m <= p * (1 + t),
+    "≥": lambda m, p, t: m >= p * (1 - t),
+    "<": lambda m, p, t: m < p,
+    ">": lambda m, p, t: m > p,
+}
 
 
+# ---------------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Evidence:
+    where: str  # what and where: scheme, column or ratio, platform, batch, context
+    value: float
+    key: str = ""  # the store row holding the value, where one row does
+
+
+@dataclass(frozen=True)
+class Check:
+    claim: str
+    statement: str
+    quantity: str
+    engine: str
+    measured: float | None  # None: the rows for this quantity are absent
+    predicted: float | tuple[float, float]  # a value, or a quoted range (lo, hi)
+    relation: str  # how measured compares with predicted (RELATIONS)
+    tolerance: float  # relative; for ≈ (and the slack of ≤ / ≥)
+    verdict: str  # PASS, FAIL or NO DATA
+    evidence: tuple[Evidence, ...] = ()
+    reason: str = ""  # a FAIL's one-sentence explanation, from the rows
+    note: str = ""  # context computed from the rows (e.g. which reference an engine's bytes match)
+
+
+@dataclass(frozen=True)
+class EngineVerdict:
+    engine: str
+    verdict: str  # FAIL if any of its checks fails, PASS if any passes, else NO DATA
+    passed: int
+    failed: int
+    reason: str  # the first FAIL's reason
+
+
+@dataclass(frozen=True)
+class ClaimSummary:
+    claim: str
+    statement: str
+    verdict: str  # overall: FAIL if any engine fails, else PASS if any passes, else NO DATA
+    engines: tuple[EngineVerdict, ...]  # analytic first, then every engine in the rows that the claim tests
+
+
+@dataclass(frozen=True)
+class ClaimResults:
+    checks: tuple[Check, ...]
+    summaries: tuple[ClaimSummary, ...]
+    engines: tuple[str, ...]  # engines present in the rows, analytic first
+
+    def summary(self, claim: str) -> ClaimSummary:
+        return next(s for s in self.summaries if s.claim == claim)
+
+    def of(self, claim: str, engine: str | None = None) -> list[Check]:
+        return [c for c in self.checks if c.claim == claim and engine in (None, c.engine)]
+
+
+def holds(measured: float, predicted: float | tuple[float, float], relation: str, tol: float) -> bool:
+    if isinstance(predicted, tuple):  # a quoted range: within tol of it
+        return predicted[0] * (1 - tol) <= measured <= predicted[1] * (1 + tol)
+    return bool(RELATIONS[relation](measured, predicted, tol))
+
+
+def _excess(m: float, p: float, relation: str) -> float:
+    """How far a value is towards breaking the relation (larger is worse): orders the points of a check."""
+    return abs(m / p - 1) if relation == "≈" else m / p if relation in "≤<" else -m / p
+
+
+def _check(claim: str, quantity: str, engine: str, measured, predicted, relation: str = "≈", tol: float = TOL,
+           evidence: Iterable[Evidence] = (), reason: str | Callable[[], str] = "", note: str = "",
+           detail: Callable[[], str] | None = None) -> Check:  # fmt: skip
+    """The record, its verdict from (measured, predicted, relation, tol); on FAIL the reason is kept (or computed)
+    and `detail` (an engine row's full diagnostics) becomes the note."""
+    predicted = tuple(map(float, predicted)) if isinstance(predicted, tuple) else float(predicted)
+    if isinstance(predicted, tuple) and predicted[0] == predicted[1]:
+        predicted = predicted[0]
+    tol = tol if relation in "≈≤≥" else 0.0
+    m = None if measured is None or pd.isna(measured) else float(measured)
+    verdict = NO_DATA if m is None else PASS if holds(m, predicted, relation, tol) else FAIL
+    why = "" if verdict != FAIL else reason() if callable(reason) else reason
+    note = detail() if verdict == FAIL and detail else note
+    c = Check(claim, STATEMENTS[claim], quantity, engine, m, predicted, relation, tol, verdict, tuple(evidence),
+              why, note)  # fmt: skip
+    return c if verdict != FAIL or why else _with_default_reason(c)
+
+
+def _with_default_reason(c: Check) -> Check:
+    return replace(c, reason=f"{c.quantity} is {fmt_value(c.measured)}, not {expectation(c)}.")
+
+
+def _forall(claim: str, quantity: str, engine: str, points: list[Evidence], predicted: float, relation: str,
+            tol: float = 0.0, note: str = "") -> Check:  # fmt: skip
+    """One check over many points: measured is the worst point's value (the one nearest to breaking it)."""
+    if not points:
+        return _check(claim, quantity, engine, None, predicted, relation, tol)
+    worst = sorted(points, key=lambda e: -_excess(e.value, predicted, relation))
+    bad = [e for e in worst if not holds(e.value, predicted, relation, tol)]
+    reason = f"{len(bad)} of {len(points)} points break it, worst {bad[0].where}: {_g(bad[0].value)}." if bad else ""
+    return _check(claim, f"{quantity} ({len(points)} points)", engine, worst[0].value, predicted, relation, tol,
+                  worst[:EVIDENCE], reason, note)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- row helpers
 def _g(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}"
 
 
 def _k(L: int) -> str:
     return f"{L // 1024}k" if L % 1024 == 0 and L >= 1024 else str(L)
 
 
-def _row(cid: str, measured: list[str], predicted: str, checks: list[bool], notes: list[str]) -> dict:
-    result = "NO DATA" if not checks else "PASS" if all(checks) else "FAIL"
-    return {"claim": cid, "statement": STATEMENTS[cid], "measured": "; ".join(measured) or "no rows",
-            "predicted": predicted, "result": result, "note": " ".join(notes)}  # fmt: skip
+def _one(d: pd.DataFrame, **eq) -> pd.Series | None:
+    s = select(d, **eq)
+    return s.iloc[0] if len(s) else None
 
 
-def _first(d: pd.DataFrame, col: str, **eq) -> float | None:
-    s = select(d, **eq)[col] if eq else d[col]
-    return float(s.iloc[0]) if len(s) else None
+def _decode(df: pd.DataFrame, engine: str = ANALYTIC) -> pd.DataFrame:
+    return df[(df["engine"] == engine) & (df["phase"] == "decode")] if engine else df[df["phase"] == "decode"]
 
 
-def _measured_engines(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["engine"] != "analytic"]
+def _at(r) -> str:
+    """Where a row (or a pair of rows) sits: model (if not V3), platform, bandwidth scale, batch, context."""
+    bw = "" if np.isclose(float(r["bw_scale"]), 1.0) else f"@bw{float(r['bw_scale']):g}"
+    model = "" if r["model"] == MODEL else f"{model_short(r['model'])} "
+    return f"{model}{r['platform']}{bw} B={int(r['batch'])} L={_k(int(r['context']))}"
+
+
+def _ev(r: pd.Series, col: str) -> Evidence:
+    return Evidence(f"{short(r['scheme'])} {col} {_at(r)}", float(r[col]), str(r["key"]))
 
 
 def _util(r: pd.Series) -> str:
@@ -83,18 +210,31 @@ def _util(r: pd.Series) -> str:
     if pd.notna(r.get("hotspot")) and r["hotspot"] and pd.notna(r.get("hotspot_mac_util")):
         parts.append(f"{r['hotspot']} {r['hotspot_cycle_share']:.0%} of cycles at {r['hotspot_mac_util']:.1%} "
                      "of peak MAC/s")  # fmt: skip
-    if pd.notna(r.get("excess_bytes")) and r["excess_bytes"] > 0.01 * r["dram_bytes"]:
-        parts.append(f"{r['excess_step']} re-fetches {r['excess_bytes'] / 1e6:.1f} MB beyond its inputs and outputs")
-    return ", ".join(parts)
+    return ", ".join([*parts, _refetch(r)] if _refetch(r) else parts)
 
 
-def _where(r) -> str:
-    bw = "" if np.isclose(float(r["bw_scale"]), 1.0) else f"@bw{float(r['bw_scale']):g}"
-    return f"{r['engine']} {r['platform']}{bw} B={int(r['batch'])} L={_k(int(r['context']))}"
+def _refetch(r: pd.Series) -> str:
+    excess = r.get("excess_bytes")
+    if pd.isna(excess) or excess <= 0.01 * r["dram_bytes"]:
+        return ""
+    return f"{r['excess_step']} re-fetches {excess / 1e6:.1f} MB beyond its inputs and outputs"
 
 
-def _decode(df: pd.DataFrame, engine: str = "analytic") -> pd.DataFrame:
-    return df[(df["engine"] == engine) & (df["phase"] == "decode")] if engine else df[df["phase"] == "decode"]
+def _headline(r: pd.Series) -> str:
+    """An engine row's departure from the roofline in a few words: its time and bytes against the analytic ones,
+    and the step that re-fetched most (else the step that took most cycles)."""
+    parts = [f"{r['latency_s'] / r['roofline_s']:.2f}x its roofline"]
+    if pd.notna(r.get("engine_dram_bytes")) and r["dram_bytes"]:
+        parts.append(f"{r['engine_dram_bytes'] / r['dram_bytes']:.2f}x the analytic bytes")
+    hot = pd.notna(r.get("hotspot")) and r["hotspot"] and pd.notna(r.get("hotspot_mac_util"))
+    extra = _refetch(r) or (f"{r['hotspot']} at {r['hotspot_mac_util']:.0%} of peak MAC/s" if hot else "")
+    return ", ".join([*parts, extra] if extra else parts)
+
+
+def _elements(r: pd.Series, col: str) -> float:
+    prec = r.get("precision")
+    per = BYTES_PER_ELEMENT[prec] if isinstance(prec, str) and prec in BYTES_PER_ELEMENT else 2
+    return float(r[col]) / per
 
 
 # ---------------------------------------------------------------------------------------------- C1
@@ -106,119 +246,98 @@ def spill_bytes(model: str, batch: int, context: int) -> float:
     return 2 * batch * context * m.heads * (m.qk_nope_head_dim + m.v_head_dim) * m.bytes_per_element
 
 
-def claim_c1(df: pd.DataFrame) -> dict:
+def claim_c1(df: pd.DataFrame) -> list[Check]:
     a = select(_decode(df), model=MODEL, bw_scale=1.0)
-    measured, checks, notes = [], [], []
-    for (b, L), pred in C1_RATIOS.items():
-        q_mha, q_abs = _first(a, "dram_bytes", scheme="mha", batch=b, context=L), None
-        q_abs = _first(a, "dram_bytes", scheme="mla-absorb", batch=b, context=L)
-        if q_mha and q_abs:
-            r = q_mha / q_abs
-            measured.append(f"mha/absorb B={b} L={_k(L)} {r:.2f}")
-            checks.append(abs(r / pred - 1) <= TOL)
     e = _decode(df, engine="")
-    e = e[(e["engine"] != "analytic") & e["scheme"].isin(["mla-absorb", "mla-recompute"])]
-    e = e[e["engine_dram_bytes"].notna() & (e["engine_dram_bytes"] > 0)]
-    ratios, bad = [], []
-    for _, r in e.iterrows():
-        ratio = r["engine_dram_bytes"] / r["dram_bytes"]
-        with_spill = r["engine_dram_bytes"] / (r["dram_bytes"] + spill_bytes(r["model"], r["batch"], r["context"]))
-        spill_ok = r["scheme"] == "mla-recompute" and abs(with_spill - 1) <= TOL
-        layerwise_ok = pd.notna(r["layer_by_layer_bytes"]) and abs(r["engine_dram_bytes"] / r["layer_by_layer_bytes"]
-                                                                    - 1) <= TOL  # fmt: skip
-        ok = abs(ratio - 1) <= TOL or spill_ok or layerwise_ok
-        ratios.append(ratio)
-        checks.append(bool(ok))
-        if abs(ratio - 1) > TOL:
-            what = ("= analytic + re-projected K/V spill (§5.3)" if spill_ok else
-                    "= layer-by-layer: every step's operands and result via DRAM" if layerwise_ok else
-                    f"beyond both references: {_util(r)}")  # fmt: skip
-            bad.append(f"{r['scheme']} {_where(r)}: engine/analytic DRAM {ratio:.2f} ({what})")
-    if ratios:
-        measured.append(f"engine/analytic DRAM absorb+recompute {min(ratios):.2f}-{max(ratios):.2f} (n={len(ratios)})")
-    else:
-        notes.append("No engine rows report DRAM bytes for absorb/recompute: engine part untested.")
-    ee = _decode(df, engine="")
-    ee = ee[(ee["engine"] != "analytic") & (ee["model"] == MODEL)]
-    for key, g in ee.groupby(["engine", "platform", "bw_scale", "batch", "context"]):
-        m, ab = g[g["scheme"] == "mha"], g[g["scheme"] == "mla-absorb"]
-        if len(m) and len(ab) and ab["engine_dram_bytes"].iloc[0] > 0:
-            ratio = m["engine_dram_bytes"].iloc[0] / ab["engine_dram_bytes"].iloc[0]
-            bw = "" if np.isclose(float(key[2]), 1.0) else f"@bw{float(key[2]):g}"
-            measured.append(f"{key[0]} mha/absorb {key[1]}{bw} L={_k(int(key[4]))} {ratio:.2f}")
-    if bad:
-        notes.append("Departures: " + "; ".join(bad[:6]) + (" ..." if len(bad) > 6 else "") + ".")
-    notes.append("At short L part of the gain is MLA's smaller projection weights (187 M vs 470 M elements).")
-    pred = ", ".join(f"B={b} L={_k(L)} {v}" for (b, L), v in C1_RATIOS.items())
-    return _row("C1", measured, f"mha/absorb DRAM {pred} (±10 %, §8.2); engine DRAM within 10 % incl. spills",
-                checks, notes)  # fmt: skip
+    e = e[(e["engine"] != ANALYTIC) & e["scheme"].isin(C1_ENGINE_SCHEMES) & (e["engine_dram_bytes"].fillna(0) > 0)]
+    return [
+        *(_c1_ratio(a, b, L, pred) for (b, L), pred in C1_RATIOS.items()),
+        *(_c1_engine(r) for _, r in e.iterrows()),
+    ]
+
+
+def _c1_ratio(a: pd.DataFrame, b: int, L: int, pred: float) -> Check:
+    mha, ab = (_one(a, scheme=s, batch=b, context=L) for s in ("mha", "mla-absorb"))
+    quantity = f"mha/absorb DRAM bytes, V3 B={b} L={_k(L)}"
+    if mha is None or ab is None:
+        return _check("C1", quantity, ANALYTIC, None, pred)
+    return _check("C1", quantity, ANALYTIC, mha["dram_bytes"] / ab["dram_bytes"], pred,
+                  evidence=(_ev(mha, "dram_bytes"), _ev(ab, "dram_bytes")), note=_weights_note(mha, ab))  # fmt: skip
+
+
+def _weights_note(mha: pd.Series, ab: pd.Series) -> str:
+    """Part of the gain is MLA's smaller projection weights, not the cache (§8.2 C1): how much, from the rows."""
+    saved = (mha["weight_bytes"] - ab["weight_bytes"]) / (mha["dram_bytes"] - ab["dram_bytes"])
+    return (f"projection weights {_elements(ab, 'weight_bytes') / 1e6:.0f} M (absorb) vs "
+            f"{_elements(mha, 'weight_bytes') / 1e6:.0f} M (mha) elements: {saved:.0%} of the bytes saved")  # fmt: skip
+
+
+def _references(r: pd.Series) -> dict[str, float]:
+    """Engine DRAM bytes the spec explains, as multiples of the analytic bytes: the analytic count itself (perfect
+    reuse), plus recompute's re-projected K/V spill (§5.3), and the layer-by-layer exchange (every step's operands
+    and result via DRAM, no reuse between steps)."""
+    q = r["dram_bytes"]
+    refs = {"analytic": 1.0}
+    if r["scheme"] == "mla-recompute":
+        refs["analytic + §5.3 spill"] = 1 + spill_bytes(r["model"], r["batch"], r["context"]) / q
+    if pd.notna(r.get("layer_by_layer_bytes")):
+        refs["layer-by-layer exchange"] = r["layer_by_layer_bytes"] / q
+    return {k: float(v) for k, v in refs.items() if pd.notna(v)}
+
+
+def _c1_engine(r: pd.Series) -> Check:
+    ratio, refs = r["engine_dram_bytes"] / r["dram_bytes"], _references(r)
+    off = {k: abs(ratio / v - 1) for k, v in refs.items()}
+    # the first reference (analytic first) that explains the bytes, else the nearest one
+    name = next((k for k in refs if off[k] <= TOL), min(off, key=off.get))
+    ref = refs[name]
+    return _check(
+        "C1", f"engine/analytic DRAM bytes, {short(r['scheme'])} {_at(r)}", r["engine"], ratio, ref,
+        evidence=(_ev(r, "engine_dram_bytes"), _ev(r, "dram_bytes")),
+        reason=lambda: f"{r['engine']} rows move {ratio:.2f}x the analytic bytes, more than any reference the spec "
+        f"explains (nearest: {name}, {ref:.2f}x)" + (f": {_refetch(r)}." if _refetch(r) else "."),
+        note="" if name == "analytic" else f"matches the {name} ({ref:.2f}x)", detail=lambda: _util(r),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- C2
-ORDER = ("mha", "mla-naive", "mla-merged", "mla-absorb", "mla-recompute")
+C2_ORDER = (  # mha ≈ naive < merged < absorb ≪ recompute (§8.2 C2's test), as ratios of OI; ≪ taken as ≥ 10x
+    ("mha/naive", lambda o: o["mha"] / o["mla-naive"], "≈", 1.0, TOL),
+    ("merged/max(mha, naive)", lambda o: o["mla-merged"] / max(o["mha"], o["mla-naive"]), ">", 1.0, 0.0),
+    ("absorb/merged", lambda o: o["mla-absorb"] / o["mla-merged"], ">", 1.0, 0.0),
+    ("recompute/absorb", lambda o: o["mla-recompute"] / o["mla-absorb"], "≥", 10.0, 0.0),
+)
+C2_SCHEMES = ("mha", "mla-naive", "mla-merged", "mla-absorb", "mla-recompute")
 
 
-def claim_c2(df: pd.DataFrame) -> dict:
+def claim_c2(df: pd.DataFrame) -> list[Check]:
     a = select(_decode(df), model=MODEL, batch=1, bw_scale=1.0)
     oi = a.groupby(["context", "scheme"])["oi"].first().unstack()
-    measured, checks, notes = [], [], []
-    ls = [L for L in oi.index if L >= 1024 and set(ORDER) <= set(oi.columns) and oi.loc[L, list(ORDER)].notna().all()]
-    bad_order = []
-    for L in ls:
-        o = oi.loc[L]
-        ok = (abs(o["mha"] / o["mla-naive"] - 1) <= TOL and max(o["mha"], o["mla-naive"]) < o["mla-merged"]
-              < o["mla-absorb"] and o["mla-recompute"] >= 10 * o["mla-absorb"])  # fmt: skip
-        checks.append(bool(ok))
-        if not ok:
-            bad_order.append(_k(int(L)))
-    if ls:
-        measured.append(
-            f"order mha≈naive<merged<absorb≪recompute holds at {len(ls) - len(bad_order)}/{len(ls)} "
-            f"L in {_k(int(min(ls)))}..{_k(int(max(ls)))}" + (f" (fails {bad_order})" if bad_order else "")
-        )
-    off = []
-    for L, pred in C2_OI.items():
-        if L not in oi.index:
-            continue
-        vals = []
-        for s, p in pred.items():
-            if s in oi.columns and pd.notna(oi.loc[L, s]):
-                vals.append(f"{short(s)} {_g(oi.loc[L, s])}")
-                ok = abs(oi.loc[L, s] / p - 1) <= TOL
-                checks.append(bool(ok))
-                if not ok:
-                    off.append(f"{short(s)}@{_k(L)} {oi.loc[L, s]:.3g} vs {p}")
-        if vals:
-            measured.append(f"OI L={_k(L)}: " + ", ".join(vals))
-    if off:
-        notes.append("OI off §7.1 by >10 %: " + "; ".join(off) + ".")
-    # every preset's bound per scheme (B = 1, L = 4k): mha, naive, absorb, merged memory-bound everywhere
-    b4 = select(a, context=4096)
-    per = []
-    for p in ordered(b4["platform"].unique(), PLATFORMS):
-        bp = b4[b4["platform"] == p]
-        cb = [short(s) for s in ordered(bp.loc[bp["bound"] == "compute", "scheme"], SCHEMES)]
-        per.append(f"{p} {','.join(cb) or 'none'}")
-        for s in ("mha", "mla-naive", "mla-absorb", "mla-merged"):
-            if s in set(bp["scheme"]):
-                checks.append(bool((bp.loc[bp["scheme"] == s, "bound"] == "memory").all()))
-    if per:
-        measured.append("compute-bound at B=1 L=4k: " + "; ".join(per))
-    eng = _measured_engines(select(_decode(df, engine=""), model=MODEL, batch=1))
-    if len(eng):
-        u = (eng["latency_s"] / eng["roofline_s"]).describe()
-        notes.append(
-            f"Engine rows (n={int(u['count'])}) run at T/roofline {u['min']:.2f}-{u['max']:.2f}: "
-            "OI is a property of the workload, the engines only change the attained fraction of the roof."
-        )
-    pred = (
-        "OI (§7.1) 1k/4k/32k: mha 1.0, naive 1.0, absorb 1.8/4.0/23.1, recompute 92.7/364/2676, merged 1.2/1.9/8.4 "
-        "(±10 %); mha, naive, absorb, merged memory-bound on every preset at B=1"
-    )
-    return _row("C2", measured, pred, checks, notes)
+    full = oi.reindex(columns=list(C2_SCHEMES)).dropna()  # contexts holding every scheme of the order
+    ls = [L for L in full.index if L >= 1024]
+    order = [_forall("C2", f"OI {name}, V3 B=1, every L ≥ 1k", ANALYTIC,
+                     [Evidence(f"L={_k(int(L))}", float(f(full.loc[L]))) for L in ls], pred, rel, tol)
+             for name, f, rel, pred, tol in C2_ORDER]  # fmt: skip
+    quoted = [_c2_oi(a, L, s, p) for L, pred in C2_OI.items() for s, p in pred.items()]
+    b4 = select(a, context=4096, scheme=list(C2_MEMORY_BOUND))
+    bound = _forall("C2", f"compute/memory roofline time of {', '.join(map(short, C2_MEMORY_BOUND))}, V3 B=1 L=4k",
+                    ANALYTIC, [Evidence(f"{short(r['scheme'])} {_at(r)}", r["roofline_compute_s"] / r[
+                        "roofline_memory_s"], str(r["key"])) for _, r in b4.iterrows()], 1.0, "<")  # fmt: skip
+    return [*order, *quoted, bound]
+
+
+def _c2_oi(a: pd.DataFrame, L: int, scheme: str, pred: float) -> Check:
+    r = _one(a, scheme=scheme, context=L)
+    quantity = f"OI of {short(scheme)} (FLOP/B), V3 B=1 L={_k(L)}"
+    return _check("C2", quantity, ANALYTIC, None if r is None else r["oi"], pred,
+                  evidence=() if r is None else (_ev(r, "oi"),))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- C3
+PAIR_KEYS = ["engine", "model", "platform", "bw_scale", "batch", "context"]
+PAIR_COLUMNS = ["t_x", "t_y", "key_x", "key_y", "oi_x", "ridge", "bound_y", "rstar", "why_x", "why_y"]
+
+
 def _lstar(a: pd.DataFrame, model: str, batch: int, ridge: float) -> float | None:
     """Exact L* where recompute's OI reaches the ridge: MACs and bytes are linear in L (fit on two rows)."""
     r = select(a, model=model, batch=batch, scheme="mla-recompute").groupby("context")[["macs", "dram_bytes"]].first()
@@ -232,20 +351,27 @@ def _lstar(a: pd.DataFrame, model: str, batch: int, ridge: float) -> float | Non
 
 
 def _pair_groups(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """One row per point holding both schemes: their latencies, X's OI, Y's bound, R* = F_X / Q_Y."""
-    keys = ["engine", "model", "platform", "bw_scale", "batch", "context"]
-    d = df[df["scheme"].isin([x, y])]
-    px = d[d["scheme"] == x].drop_duplicates(keys).set_index(keys)
-    py = d[d["scheme"] == y].drop_duplicates(keys).set_index(keys)
+    """One row per point holding both schemes: their latencies and keys, X's OI, Y's bound, R* = F_X / Q_Y, and
+    why each row departs from the roofline."""
+    px, py = (df[df["scheme"] == s].drop_duplicates(PAIR_KEYS).set_index(PAIR_KEYS) for s in (x, y))
     j = px.add_suffix("_x").join(py.add_suffix("_y"), how="inner")
     if j.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=[*PAIR_KEYS, *PAIR_COLUMNS])
     return pd.DataFrame({
-        "t_x": j["latency_s_x"], "t_y": j["latency_s_y"], "oi_x": j["oi_x"], "ridge": j["ridge_x"],
-        "bound_y": j["bound_y"], "rstar": 2 * j["macs_x"] / j["dram_bytes_y"],
-        "why_x": px.apply(_util, axis=1).reindex(j.index),
-        "why_y": py.apply(_util, axis=1).reindex(j.index),
+        "t_x": j["latency_s_x"], "t_y": j["latency_s_y"], "key_x": j["key_x"], "key_y": j["key_y"],
+        "oi_x": j["oi_x"], "ridge": j["ridge_x"], "bound_y": j["bound_y"], "rstar": 2 * j["macs_x"] / j["dram_bytes_y"],
+        "why_x": px.apply(_headline, axis=1).reindex(j.index), "why_y": py.apply(_headline, axis=1).reindex(j.index),
     }).reset_index()  # fmt: skip
+
+
+def _pair_evidence(r: pd.Series, x: str, y: str) -> tuple[Evidence, Evidence]:
+    return (Evidence(f"{short(x)} latency_s {_at(r)}", float(r["t_x"]), str(r["key_x"])),
+            Evidence(f"{short(y)} latency_s {_at(r)}", float(r["t_y"]), str(r["key_y"])))  # fmt: skip
+
+
+def _pinned(ga: pd.DataFrame) -> pd.DataFrame:
+    """The quoted pairing point: V3, B = 1, L = 4k, unscaled bandwidth."""
+    return select(ga, model=MODEL, batch=1, context=4096, bw_scale=1.0)
 
 
 def _abstract(flips: bool, cid: str) -> str:
@@ -255,203 +381,281 @@ def _abstract(flips: bool, cid: str) -> str:
     )
 
 
-def claim_c3a(df: pd.DataFrame) -> dict:
+def claim_c3a(df: pd.DataFrame) -> list[Check]:
     dec = _decode(df, engine="")
-    a = dec[dec["engine"] == "analytic"]
     g = _pair_groups(dec, "mla-recompute", "mla-absorb")
-    measured, checks, notes = [], [], []
-    if g.empty:
-        return _row("C3a", [], "", [], ["No rows hold both mla-absorb and mla-recompute."])
-    ga = g[g["engine"] == "analytic"]
-    if len(ga):
-        below = ga["oi_x"] <= ga["ridge"]
-        never = bool((ga["t_x"] >= ga["t_y"] * (1 - 1e-9)).all())
-        tie = bool(((ga.loc[below, "t_x"] / ga.loc[below, "t_y"] - 1).abs() <= TIE).all())
-        checks += [never, tie]
-        measured.append(
-            f"analytic: recompute never faster ({int((ga['t_x'] >= ga['t_y'] * (1 - 1e-9)).sum())}/"
-            f"{len(ga)} points), ties below L* ({int(below.sum())} points, max gap "
-            f"{(ga.loc[below, 't_x'] / ga.loc[below, 't_y']).max() - 1 if below.any() else 0:.1%})"
-        )
-    ridges = select(a, bw_scale=1.0).groupby("platform")["ridge"].first()
-    lst = []
-    for p in ordered(ridges.index, PLATFORMS):
-        ls = _lstar(select(a, bw_scale=1.0), MODEL, 1, float(ridges[p]))
-        if ls is None:
-            continue
-        lst.append(f"{p} {ls:.0f}")
-        if p in C3A_LSTAR:
-            checks.append(abs(ls / C3A_LSTAR[p] - 1) <= TOL)
-    if lst:
-        measured.append("analytic L* (V3 B=1): " + ", ".join(lst))
-    ge = g[g["engine"] != "analytic"]
-    bad = []
-    for r in ge.itertuples():
-        below = r.oi_x <= r.ridge
-        ratio = r.t_x / r.t_y
-        ok = abs(ratio - 1) <= TIE if below else ratio > 1
-        checks.append(bool(ok))
-        measured.append(f"{r.engine} T_rc/T_abs {r.platform}"
-                        f"{'' if np.isclose(r.bw_scale, 1) else f'@bw{r.bw_scale:g}'} B={r.batch} L={_k(r.context)} "
-                        f"{ratio:.2f} ({'below' if below else 'above'} L*)")  # fmt: skip
-        if not ok:
-            bad.append(f"{r.engine} {r.platform} L={_k(r.context)}: recompute {r.why_x}; absorb {r.why_y}")
-    if ge.empty:
-        notes.append("No engine rows for the pair: the 5 % tie test runs on the analytic rows only.")
-    if bad:
-        notes.append("Engine departs from the roofline (utilisation / spills): " + "; ".join(bad) + ".")
-    pw = select(ga, engine="analytic", model=MODEL, batch=1, context=4096, bw_scale=1.0)
+    ga, ge = g[g["engine"] == ANALYTIC], g[g["engine"] != ANALYTIC]
+    a = select(dec[dec["engine"] == ANALYTIC], bw_scale=1.0)
+    ridges = a.groupby("platform")["ridge"].first()
+    lstar = [_c3a_lstar(a, p, ridges.get(p), v) for p, v in C3A_LSTAR.items()]
+    return [*_c3a_analytic(ga), *lstar, *(_c3a_engine(r) for _, r in ge.iterrows())]
+
+
+def _c3a_analytic(ga: pd.DataFrame) -> list[Check]:
+    ratio = [Evidence(f"rc/absorb {_at(r)}", float(r["t_x"] / r["t_y"])) for _, r in ga.iterrows()]
+    below = [e for e, (_, r) in zip(ratio, ga.iterrows(), strict=True) if r["oi_x"] <= r["ridge"]]
+    pw = _pinned(ga)
     flips = bool((pw["t_x"] < pw["t_y"] * (1 - TIE)).any())  # recompute never wins outright -> no flip
-    notes.append(_abstract(flips, "C3a"))
-    pred = ("tie within 5 % below L*, recompute slower above, never faster; L* V3 B=1: "
-            + ", ".join(f"{p} {v}" for p, v in C3A_LSTAR.items()) + " (±10 %, §8.2)")  # fmt: skip
-    return _row("C3a", measured, pred, checks, notes)
+    return [
+        _forall("C3a", "T_rc/T_abs, every point", ANALYTIC, ratio, 1.0, "≥", SLACK, note=_abstract(flips, "C3a")),
+        _forall("C3a", "T_rc/T_abs below L* (recompute memory-bound)", ANALYTIC, below, 1.0, "≈", TIE),
+    ]
 
 
-def claim_pair(df: pd.DataFrame, cid: str) -> dict:
-    x, y, (rlo, rhi), x_wins = PAIRS[cid]
-    dec = _decode(df, engine="")
-    g = _pair_groups(dec, x, y)
-    measured, checks, notes = [], [], []
-    if g.empty:
-        return _row(cid, [], "", [], [f"No rows hold both {x} and {y}."])
-    ga = g[g["engine"] == "analytic"]
-    pw = ga[(ga["model"] == MODEL) & (ga["batch"] == 1) & (ga["context"] == 4096) & np.isclose(ga["bw_scale"], 1)]
-    flips = False
-    if len(pw):
-        rstar = float(pw["rstar"].iloc[0])
-        measured.append(f"R* = F_{short(x)}/Q_{short(y)} (V3 B=1 L=4k) {rstar:.1f}")
-        checks.append(rlo * (1 - TOL) <= rstar <= rhi * (1 + TOL))
-        wins = []
-        for r in sorted(pw.itertuples(), key=lambda r: PLATFORMS.index(r.platform) if r.platform in PLATFORMS else 99):
-            w = x if r.t_x <= r.t_y else y
-            wins.append(w)
-            measured.append(f"{r.platform} R={r.ridge:.0f} → {short(w)} ({r.t_y / r.t_x:.2f}x)")
-            if r.platform in PLATFORMS:
-                checks.append(w == (x if r.platform in x_wins else y))
-        flips = len(set(wins)) > 1
-    if len(ga):  # the crossover rule on every analytic point where Y is memory-bound
-        m = ga[ga["bound_y"] == "memory"]
-        rule = (m["t_x"] <= m["t_y"] * (1 + 1e-9)) == (m["ridge"] >= m["rstar"] * (1 - 1e-9))
-        measured.append(f"rule R ≥ R* ⇔ {short(x)} wins holds at {int(rule.sum())}/{len(m)} analytic points")
-        checks.append(bool(rule.all()))
-    ge = g[g["engine"] != "analytic"]
-    ewins, bad = {}, []
-    for r in ge.itertuples():
-        w = x if r.t_x <= r.t_y else y
-        ewins.setdefault(r.engine, set()).add(w)
-        measured.append(f"{r.engine} {r.model.removeprefix('deepseek-')} {r.platform} L={_k(r.context)} → {short(w)}")
-        pred_w = x if r.ridge >= r.rstar else y
-        if w != pred_w:
-            bad.append(f"{r.engine} {r.platform} L={_k(r.context)}: {short(w)} wins against R*={r.rstar:.0f} vs "
-                       f"R={r.ridge:.0f} ({short(x)}: {r.why_x}; {short(y)}: {r.why_y})")  # fmt: skip
-    if bad:
-        notes.append("Engine winner departs from the roofline rule: " + "; ".join(bad) + ".")
-    for eng, w in ewins.items():
-        notes.append(f"{eng}: winner {'flips' if len(w) > 1 else 'does not flip'} across its platforms.")
-    checks.append(flips)
-    notes.append(_abstract(flips, cid))
-    rq = f"{rlo:g}" if rlo == rhi else f"{rlo:g}-{rhi:g}"
-    pred = (
-        f"{short(x)} wins iff R ≥ R* = F_{short(x)}/Q_{short(y)} ≈ {rq} FLOP/B (V3 B=1 L=4k, §8.2): "
-        f"{short(x)} on {', '.join(sorted(x_wins))}; {short(y)} on h20-like, edge-npu"
-    )
-    return _row(cid, measured, pred, checks, notes)
+def _c3a_lstar(a: pd.DataFrame, platform: str, ridge: float | None, pred: float) -> Check:
+    ls = None if ridge is None else _lstar(a, MODEL, 1, float(ridge))
+    ev = () if ls is None else (Evidence(f"ridge {platform} (FLOP/B)", float(ridge)),)
+    return _check("C3a", f"L* where recompute's OI reaches the ridge, V3 B=1 on {platform}", ANALYTIC, ls, pred,
+                  evidence=ev)  # fmt: skip
+
+
+def _c3a_engine(r: pd.Series) -> Check:
+    below = r["oi_x"] <= r["ridge"]
+    ratio, side = r["t_x"] / r["t_y"], "below" if below else "above"
+    return _check(
+        "C3a", f"T_rc/T_abs {side} L*, {_at(r)}", r["engine"], ratio, 1.0, "≈" if below else ">", TIE,
+        evidence=_pair_evidence(r, "mla-recompute", "mla-absorb"),
+        reason=lambda: f"{r['engine']} recompute takes {ratio:.2f}x absorb's time {side} L* (recompute "
+        f"{r['why_x']}; absorb {r['why_y']}).",
+    )  # fmt: skip
+
+
+def claim_pair(df: pd.DataFrame, cid: str) -> list[Check]:
+    x, y, _, _ = PAIRS[cid]
+    g = _pair_groups(_decode(df, engine=""), x, y)
+    ga, ge = g[g["engine"] == ANALYTIC], g[g["engine"] != ANALYTIC]
+    pw = _pinned(ga)
+    return [_pair_rstar(cid, pw), *_pair_winners(cid, pw), _pair_rule(cid, ga), _pair_flip(cid, pw),
+            *(_pair_engine(cid, r) for _, r in ge.iterrows())]  # fmt: skip
+
+
+def _pair_rstar(cid: str, pw: pd.DataFrame) -> Check:
+    x, y, quoted, _ = PAIRS[cid]
+    r = pw.iloc[0] if len(pw) else None
+    return _check(cid, f"R* = F_{short(x)}/Q_{short(y)} (FLOP/B), V3 B=1 L=4k", ANALYTIC,
+                  None if r is None else r["rstar"], quoted,
+                  evidence=() if r is None else _pair_evidence(r, x, y))  # fmt: skip
+
+
+def _pair_winners(cid: str, pw: pd.DataFrame) -> list[Check]:
+    """The quoted winner per preset: X (T_Y/T_X ≥ 1) where it is listed, Y elsewhere."""
+    x, y, _, x_wins = PAIRS[cid]
+    rows = sorted((r for _, r in pw.iterrows() if r["platform"] in PLATFORMS), key=lambda r: PLATFORMS.index(
+        r["platform"]))  # fmt: skip
+    return [
+        _check(cid, f"T_{short(y)}/T_{short(x)} on {r['platform']} (R = {r['ridge']:.0f} FLOP/B), V3 B=1 L=4k",
+               ANALYTIC, r["t_y"] / r["t_x"], 1.0, "≥" if r["platform"] in x_wins else "<", 0.0,
+               evidence=_pair_evidence(r, x, y),
+               reason=f"{short(x if r['t_x'] <= r['t_y'] else y)} wins on {r['platform']} (R = {r['ridge']:.0f} vs "
+               f"R* = {r['rstar']:.0f} FLOP/B), against the quoted winner.")
+        for r in rows
+    ]  # fmt: skip
+
+
+def _predicted_margin(r: pd.Series, x: str, y: str) -> Evidence:
+    """T(predicted loser)/T(predicted winner) by the §8.1 rule (X wins iff R ≥ R*): ≥ 1 where the rule holds."""
+    x_wins = r["ridge"] >= r["rstar"] * (1 - SLACK)
+    v = r["t_y"] / r["t_x"] if x_wins else r["t_x"] / r["t_y"]
+    return Evidence(f"{_at(r)} R={r['ridge']:.0f} R*={r['rstar']:.0f} → {short(x if x_wins else y)}", float(v))
+
+
+def _pair_rule(cid: str, ga: pd.DataFrame) -> Check:
+    x, y, _, _ = PAIRS[cid]
+    m = ga[ga["bound_y"] == "memory"]
+    return _forall(cid, f"T(loser)/T(winner) predicted by R ≥ R* ⇔ {short(x)} wins, {short(y)} memory-bound",
+                   ANALYTIC, [_predicted_margin(r, x, y) for _, r in m.iterrows()], 1.0, "≥", SLACK)  # fmt: skip
+
+
+def _pair_flip(cid: str, pw: pd.DataFrame) -> Check:
+    x, y, _, _ = PAIRS[cid]
+    winners = {x if r["t_x"] <= r["t_y"] else y for _, r in pw.iterrows()}
+    ev = [Evidence(f"{r['platform']} → {short(x if r['t_x'] <= r['t_y'] else y)}", r["t_y"] / r["t_x"])
+          for _, r in pw.iterrows()]  # fmt: skip
+    return _check(cid, "distinct winners across the platforms, V3 B=1 L=4k", ANALYTIC,
+                  len(winners) if len(pw) else None, 2, "≥", 0.0, ev,
+                  note=_abstract(len(winners) > 1, cid) if len(pw) else "")  # fmt: skip
+
+
+def _pair_engine(cid: str, r: pd.Series) -> Check:
+    x, y, _, _ = PAIRS[cid]
+    x_pred = r["ridge"] >= r["rstar"]
+    v = r["t_y"] / r["t_x"]
+    return _check(
+        cid, f"T_{short(y)}/T_{short(x)} {_at(r)} (R = {r['ridge']:.0f}, R* = {r['rstar']:.0f} FLOP/B)", r["engine"],
+        v, 1.0, "≥" if x_pred else "<", 0.0, evidence=_pair_evidence(r, x, y),
+        reason=lambda: f"{r['engine']}: {short(y if x_pred else x)} wins on {_at(r)} against the R* rule ({short(x)} "
+        f"{r['why_x']}; {short(y)} {r['why_y']}).",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- C4
-def _growth(d: pd.DataFrame) -> dict[str, float]:
-    """T(32k)/T(1k) per scheme present at both contexts."""
-    gr = {}
-    for s in ordered(d["scheme"].unique(), SCHEMES):
-        t1, t32 = _first(d, "latency_s", scheme=s, context=1024), _first(d, "latency_s", scheme=s, context=32768)
-        if t1 and t32:
-            gr[s] = t32 / t1
-    return gr
-
-
-def claim_c4(df: pd.DataFrame) -> dict:
+def claim_c4(df: pd.DataFrame) -> list[Check]:
     dec = select(_decode(df, engine=""), model=MODEL, bw_scale=1.0)
-    measured, checks, notes = [], [], []
-    for p in ordered(dec["platform"].unique(), PLATFORMS):
-        d = select(dec, platform=p, batch=1, context=[1024, 32768])
-        src = None
-        for eng in (*ENGINES, "analytic"):
-            de = d[d["engine"] == eng]
-            if all(len(select(de, scheme=s, context=L)) for s in ("mha", "mla-absorb") for L in (1024, 32768)):
-                src = eng
-                break
-        if src is None:
-            continue
-        de = d[d["engine"] == src]
-        gr = _growth(de)
-        checks += [gr["mha"] >= 3.0, gr["mla-absorb"] <= 1.2]
-        measured.append(f"T(32k)/T(1k) {p} [{src}]: " + ", ".join(f"{short(s)} {v:.2f}" for s, v in gr.items()))
-        for eng in sorted(set(d["engine"]) - {src, "analytic"}):  # other engines and forced Stream strategies
-            other = _growth(d[d["engine"] == eng])
-            if other:
-                notes.append(f"Not tested, for comparison: T(32k)/T(1k) {p} [{eng}]: "
-                             + ", ".join(f"{short(s)} {v:.2f}" for s, v in other.items()) + ".")  # fmt: skip
-        if src != "analytic":
-            rows = de[de["scheme"].isin(["mha", "mla-absorb"])]
-            notes.append(f"{src} {p}: " + "; ".join(f"{short(r['scheme'])} L={_k(int(r['context']))} {_util(r)}"
-                                                     for _, r in rows.iterrows()) + ".")  # fmt: skip
+    growth = select(dec, batch=1, context=[1024, 32768])
+    out = [c for (eng, p), g in growth.groupby(["engine", "platform"]) for c in _c4_growth(g, eng, p)]
+    gaps = select(dec, batch=32, context=4096)
+    out += [c for eng, g in gaps.groupby("engine") for c in _c4_gap(g, eng)]
+    return [*out, _c4_widening(df)]
+
+
+def _c4_growth(g: pd.DataFrame, engine: str, platform: str) -> list[Check]:
+    rows = {(s, L): _one(g, scheme=s, context=L) for s in C4_GROWTH_TEST for L in (1024, 32768)}
+    if any(r is None for r in rows.values()):
+        return []
+    return [_c4_growth_of(s, rows[s, 1024], rows[s, 32768], engine, platform) for s in C4_GROWTH_TEST]
+
+
+def _c4_growth_of(s: str, t1: pd.Series, t32: pd.Series, engine: str, platform: str) -> Check:
+    rel, bound = C4_GROWTH_TEST[s]
+    v = t32["latency_s"] / t1["latency_s"]
+    why = "" if engine == ANALYTIC else f" (at 32k: {_headline(t32)})"
+    return _check("C4", f"T(32k)/T(1k) of {short(s)} on {platform}, V3 B=1 (§8.2 quotes {C4_GROWTH[s]:.2f})",
+                  engine, v, bound, rel, 0.0, (_ev(t1, "latency_s"), _ev(t32, "latency_s")),
+                  reason=f"{engine} {short(s)} grows {v:.2f}x from L=1k to 32k on {platform}{why}.",
+                  detail=None if engine == ANALYTIC else lambda: f"L=1k {_util(t1)}; L=32k {_util(t32)}")  # fmt: skip
+
+
+def _c4_gap(g: pd.DataFrame, engine: str) -> list[Check]:
+    """MLA gains most where bandwidth is scarce relative to compute: min gap on high-ridge parts > the low one's."""
     gaps = {}
-    b32 = select(dec, batch=32, context=4096)
-    for p in ordered(b32["platform"].unique(), PLATFORMS):
-        bp = b32[b32["platform"] == p]
-        src = next((e for e in (*ENGINES, "analytic")
-                    if {"mha", "mla-absorb"} <= set(bp.loc[bp["engine"] == e, "scheme"])), None)  # fmt: skip
-        if src:
-            bp = bp[bp["engine"] == src]
-            gaps[p] = (_first(bp, "latency_s", scheme="mha") / _first(bp, "latency_s", scheme="mla-absorb"), src)
-    if gaps:
-        measured.append("T_mha/T_absorb B=32 L=4k: " + ", ".join(f"{p} {v:.1f}" + ("" if s == "analytic" else f" [{s}]")
-                                                              for p, (v, s) in gaps.items()))  # fmt: skip
-        high = [v for p, (v, _) in gaps.items() if p in ("cloud-fusemax", "tpu-v5e-like", "h100-like")]
-        if "h20-like" in gaps and high:
-            checks.append(min(high) > gaps["h20-like"][0])
+    for p in ordered(g["platform"].unique(), PLATFORMS):
+        mha, ab = (_one(g, platform=p, scheme=s) for s in ("mha", "mla-absorb"))
+        if mha is not None and ab is not None:
+            gaps[p] = float(mha["latency_s"] / ab["latency_s"])
+    high = [v for p, v in gaps.items() if p in C4_HIGH]
+    if C4_LOW not in gaps or not high:
+        return []
+    ev = [Evidence(f"T_mha/T_absorb {p}" + (f" (§8.2 quotes {C4_GAP_B32[p]})" if p in C4_GAP_B32 else ""), v)
+          for p, v in gaps.items()]  # fmt: skip
+    return [_check("C4", f"min T_mha/T_absorb on {', '.join(C4_HIGH)} over that on {C4_LOW}, V3 B=32 L=4k", engine,
+                   min(high) / gaps[C4_LOW], 1.0, ">", 0.0, ev)]  # fmt: skip
+
+
+def _c4_widening(df: pd.DataFrame) -> Check:
+    """F3: the MHA-absorb gap widens (does not shrink) as bandwidth falls, analytic B=32 L=4k."""
     bw = bandwidth_sweep(df)
-    bw = select(bw, engine="analytic", batch=32, context=4096) if len(bw) else bw
-    if len(bw):
-        t = bw.groupby(["dram_bytes_per_s", "scheme"])["latency_s"].first().unstack()
-        if {"mha", "mla-absorb"} <= set(t.columns):
-            gap = (t["mha"] / t["mla-absorb"]).dropna().sort_index()
-            widening = bool((np.diff(gap.to_numpy()) <= 1e-6 * gap.to_numpy()[:-1]).all())
-            checks.append(widening)
-            measured.append(f"F3 gap B=32 L=4k: {gap.iloc[0]:.1f} at {gap.index[0] / 1e9:.0f} GB/s → "
-                            f"{gap.iloc[-1]:.1f} at {gap.index[-1] / 1e9:.0f} GB/s "
-                            f"({'widens' if widening else 'does not widen'} as bandwidth falls)")  # fmt: skip
-    pred = (
-        "T(32k)/T(1k) B=1: mha 3.07 (≥ 3), absorb 1.10 (≤ 1.2), naive 6.68, merged 1.03, recompute 9.5-32; "
-        "T_mha/T_absorb B=32 L=4k: " + ", ".join(f"{p} {v}" for p, v in C4_GAP_B32.items()) + " (§8.2)"
-    )
-    return _row("C4", measured, pred, checks, notes)
+    bw = select(bw, engine=ANALYTIC, batch=32, context=4096) if len(bw) else bw
+    t = bw.groupby(["dram_bytes_per_s", "scheme"])["latency_s"].first().unstack() if len(bw) else pd.DataFrame()
+    pts = []
+    if {"mha", "mla-absorb"} <= set(t.columns):
+        gap = (t["mha"] / t["mla-absorb"]).dropna().sort_index()
+        pts = [Evidence(f"gap {gap.iloc[i]:.1f} at {gap.index[i] / 1e9:.0f} GB/s → {gap.iloc[i + 1]:.1f} at "
+                        f"{gap.index[i + 1] / 1e9:.0f} GB/s", float(gap.iloc[i + 1] / gap.iloc[i]))
+               for i in range(len(gap) - 1)]  # fmt: skip
+    return _forall("C4", "T_mha/T_absorb at the next bandwidth over this one (F3), V3 B=32 L=4k", ANALYTIC, pts, 1.0,
+                   "≤", 1e-6)  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------- table
-def claims(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per proposition C1, C2, C3a, C3b, C3c, C4 (columns COLUMNS)."""
+# ---------------------------------------------------------------------------------------------- evaluation
+CLAIMS: dict[str, Callable[[pd.DataFrame], list[Check]]] = {
+    "C1": claim_c1, "C2": claim_c2, "C3a": claim_c3a, "C3b": lambda d: claim_pair(d, "C3b"),
+    "C3c": lambda d: claim_pair(d, "C3c"), "C4": claim_c4,
+}  # fmt: skip
+
+
+def _verdict(checks: list[Check]) -> str:
+    verdicts = {c.verdict for c in checks}
+    return FAIL if FAIL in verdicts else PASS if PASS in verdicts else NO_DATA
+
+
+def _engine_verdict(checks: list[Check], engine: str) -> EngineVerdict:
+    mine = [c for c in checks if c.engine == engine]
+    fails = [c for c in mine if c.verdict == FAIL]
+    return EngineVerdict(engine, _verdict(mine), sum(c.verdict == PASS for c in mine), len(fails),
+                         fails[0].reason if fails else "")  # fmt: skip
+
+
+def _summary(cid: str, checks: list[Check], engines: tuple[str, ...]) -> ClaimSummary:
+    tested = (ANALYTIC,) if cid in ANALYTIC_ONLY else engines
+    return ClaimSummary(cid, STATEMENTS[cid], _verdict(checks), tuple(_engine_verdict(checks, e) for e in tested))
+
+
+def evaluate_claims(df: pd.DataFrame) -> ClaimResults:
+    """Every check of C1-C4 on the ok rows, and one summary per claim (a verdict per engine and overall)."""
     df = ok_rows(df)
-    fns = {"C1": claim_c1, "C2": claim_c2, "C3a": claim_c3a, "C3b": lambda d: claim_pair(d, "C3b"),
-           "C3c": lambda d: claim_pair(d, "C3c"), "C4": claim_c4}  # fmt: skip
+    engines = tuple(ordered(df["engine"].unique(), (ANALYTIC, *ENGINES))) if len(df) else (ANALYTIC,)
+    per = {cid: fn(df) if len(df) else [] for cid, fn in CLAIMS.items()}
+    summaries = tuple(_summary(cid, checks, engines) for cid, checks in per.items())
+    return ClaimResults(tuple(c for checks in per.values() for c in checks), summaries, engines)
+
+
+def exit_code(results: ClaimResults, strict: bool = False) -> int:
+    """0 when no analytic verdict fails (engine FAILs are findings to explain, §8), 1 otherwise; with strict, 1
+    when any verdict fails."""
+    engines = None if strict else {ANALYTIC}
+    failed = any(e.verdict == FAIL for s in results.summaries for e in s.engines if engines is None or e.engine in
+                 engines)  # fmt: skip
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+def fmt_value(x: float | None) -> str:
+    return "no rows" if x is None else _g(x)
+
+
+def expectation(c: Check) -> str:
+    """The prediction as written next to a measured value: '≈ 3.19 ±10 %', '≥ 3', '123-127 ±10 %'."""
+    p = c.predicted
+    value = f"{_g(p[0])}-{_g(p[1])}" if isinstance(p, tuple) else f"{c.relation} {_g(p)}"
+    return value + (f" ±{c.tolerance:.0%}" if c.relation == "≈" and c.tolerance else "")
+
+
+def failure(e: EngineVerdict) -> str:
+    """An engine's failing verdict in one line: its first failing check's reason and how many more fail."""
+    more = f" (+{e.failed - 1} more failing checks)" if e.failed > 1 else ""
+    return f"{e.engine}: {e.reason}{more}"
+
+
+def summary_table(results: ClaimResults) -> pd.DataFrame:
+    """One row per claim: overall result, one column per engine in the rows ('' where the claim does not test it),
+    and the failing engines' reasons."""
     rows = []
-    for cid, fn in fns.items():
-        if df.empty:
-            rows.append(_row(cid, [], "", [], ["The table holds no ok rows."]))
-            continue
-        rows.append(fn(df))
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    for s in results.summaries:
+        per = {e.engine: e.verdict for e in s.engines}
+        reason = " ".join(failure(e) for e in s.engines if e.verdict == FAIL)
+        rows.append({"claim": s.claim, "statement": s.statement, "result": s.verdict,
+                     **{e: per.get(e, "") for e in results.engines}, "reason": reason})  # fmt: skip
+    return pd.DataFrame(rows, columns=["claim", "statement", "result", *results.engines, "reason"])
 
 
-def format_claims(table: pd.DataFrame, width: int = 120) -> str:
-    """Aligned text: claim, result and statement on one line, then measured / predicted / note wrapped below."""
-    lines = [f"{'claim':<5} {'result':<8} statement", "-" * width]
+def claims(df: pd.DataFrame) -> pd.DataFrame:
+    """The summary table of `evaluate_claims` (one row per claim C1, C2, C3a, C3b, C3c, C4)."""
+    return summary_table(evaluate_claims(df))
+
+
+def to_json(results: ClaimResults) -> list[dict]:
+    """Every check as a plain dict (evidence as a list of dicts)."""
+    return [asdict(c) for c in results.checks]
+
+
+def _summary_lines(table: pd.DataFrame, width: int) -> list[str]:
+    engines = [c for c in table.columns if c not in ("claim", "statement", "result", "reason")]
+    head = f"{'claim':<6}{'result':<9}" + "".join(f"{e:<{max(len(e), 8) + 1}}" for e in engines) + "statement"
+    lines = [head, "-" * width]
     for _, r in table.iterrows():
-        lines.append(f"{r['claim']:<5} {r['result']:<8} {r['statement']}")
-        for label in ("measured", "predicted", "note"):
-            if r[label]:
-                lines += textwrap.wrap(r[label], width, initial_indent=f"{'':<6}{label + ':':<11}",
-                                       subsequent_indent=" " * 17)  # fmt: skip
-        lines.append("")
+        cells = "".join(f"{r[e] or '-':<{max(len(e), 8) + 1}}" for e in engines)
+        lines.append(f"{r['claim']:<6}{r['result']:<9}{cells}{r['statement']}")
+        if r["reason"]:
+            lines += textwrap.wrap(r["reason"], width, initial_indent=" " * 6, subsequent_indent=" " * 8)
+    return lines
+
+
+def _check_lines(c: Check, width: int) -> list[str]:
+    head = f"  {c.verdict:<8}{c.engine:<21}{c.quantity}: {fmt_value(c.measured)} (predicted {expectation(c)})"
+    lines = textwrap.wrap(head, width, subsequent_indent=" " * 31)
+    for label, text in (("reason", c.reason), ("note", c.note)):
+        if text:
+            first = f"{'':<10}{label}: "
+            lines += textwrap.wrap(text, width, initial_indent=first, subsequent_indent=" " * len(first))
+    return lines
+
+
+def format_claims(results: ClaimResults | pd.DataFrame, width: int = 120) -> str:
+    """Text: one line per claim (result overall and per engine), then, given the records, every check."""
+    table = results if isinstance(results, pd.DataFrame) else summary_table(results)  # reproduce passes the table
+    lines = _summary_lines(table, width)
+    if isinstance(results, ClaimResults):
+        for s in results.summaries:
+            lines += ["", f"{s.claim}: {s.statement}"]
+            lines += [line for c in results.of(s.claim) for line in _check_lines(c, width)]
     return "\n".join(lines).rstrip() + "\n"

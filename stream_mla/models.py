@@ -8,39 +8,62 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from stream_mla.errors import SpecError, first_error, read_document
+from stream_mla.errors import SpecError, excerpt, first_error, read_document, reject_bools
 
 Precision = Literal["bf16", "fp32", "int8", "fp8"]
 BYTES_PER_ELEMENT: dict[str, int] = {"bf16": 2, "fp32": 4, "int8": 1, "fp8": 1}
-Family = Literal["mla", "mqa", "mha", "gqa"]
+Family = Literal["mla", "dsa", "mqa", "mha", "gqa"]  # dsa: MLA with DeepSeek sparse attention's indexer
+DSA_FIELDS = ("index_n_heads", "index_head_dim", "index_topk")
 SAFE_NAME = r"^[A-Za-z0-9_.\-]+$"  # names become file stems (WorkloadSpec.slug)
+
+# Documented maxima of user sizes. Far above any real model or serving point, and low enough that every count
+# of a decode step (MACs, bytes) fits the results store's 64-bit integers and the ONNX graph's int64 shapes; a
+# larger value is a typo (`--context 10**21`), refused with one line instead of overflowing later.
+MAX_BATCH = 2**16
+MAX_CONTEXT = 2**24  # tokens: context L, prefill length S, queries per step, sliding window
+MAX_WIDTH = 2**18  # d_model and the latent ranks
+MAX_HEADS = 2**12
+MAX_HEAD_DIM = 2**14
+MAX_LAYERS = 2**14
+Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+Tokens = Annotated[int, Field(ge=1, le=MAX_CONTEXT)]
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Heads = Annotated[int, Field(ge=1, le=MAX_HEADS)]
+HeadDim = Annotated[int, Field(ge=1, le=MAX_HEAD_DIM)]
+MAX_COUNT = 2**62  # MACs and bytes: the store's INTEGER and ONNX's int64 shapes hold 2**63, with 2x to spare
 
 
 class ModelSpec(BaseModel):
     """One attention layer (all layers of the supported models are identical)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str = Field("custom", pattern=SAFE_NAME, description="model name; the stem of export file names")
-    d_model: PositiveInt = Field(description="hidden width d (hidden_size)")
-    heads: PositiveInt = Field(description="query heads h (num_attention_heads)")
-    kv_heads: PositiveInt | None = Field(None, description="K/V heads n_kv of the MHA/GQA baseline; default h")
-    head_dim: PositiveInt | None = Field(None, description="baseline head width d_h; default v_head_dim or d/h")
-    q_lora_rank: int = Field(0, ge=0, description="query latent rank d_q; 0 = no query compression")
-    kv_lora_rank: PositiveInt | None = Field(None, description="KV latent rank d_c; None = not an MLA model")
-    qk_nope_head_dim: PositiveInt | None = Field(None, description="per-head non-RoPE q/k width d_n")
-    qk_rope_head_dim: PositiveInt | None = Field(None, description="decoupled RoPE q/k width d_r")
-    v_head_dim: PositiveInt | None = Field(None, description="per-head value width d_v")
-    layers: PositiveInt = Field(1, description="number of layers N")
+    name: str = Field("custom", pattern=SAFE_NAME, max_length=100, description="model name; the stem of export "
+                      "file names")  # fmt: skip
+    d_model: Width = Field(description="hidden width d (hidden_size)")
+    heads: Heads = Field(description="query heads h (num_attention_heads)")
+    kv_heads: Heads | None = Field(None, description="K/V heads n_kv of the MHA/GQA baseline; default h")
+    head_dim: HeadDim | None = Field(None, description="baseline head width d_h; default v_head_dim or d/h")
+    q_lora_rank: int = Field(0, ge=0, le=MAX_WIDTH, description="query latent rank d_q; 0 = no query compression")
+    kv_lora_rank: Width | None = Field(None, description="KV latent rank d_c; None = not an MLA model")
+    qk_nope_head_dim: HeadDim | None = Field(None, description="per-head non-RoPE q/k width d_n")
+    qk_rope_head_dim: HeadDim | None = Field(None, description="decoupled RoPE q/k width d_r")
+    v_head_dim: HeadDim | None = Field(None, description="per-head value width d_v")
+    layers: int = Field(1, ge=1, le=MAX_LAYERS, description="number of layers N")
     precision: Precision = Field("bf16", description="element precision of weights, caches and activations")
-    sliding_window: PositiveInt | None = Field(
-        None, description="sliding attention window W in tokens (sliding_window); None = full attention; not costed yet"
+    sliding_window: Tokens | None = Field(
+        None, description="sliding attention window W in tokens (sliding_window); None = full attention"
     )
+    index_n_heads: Heads | None = Field(None, description="DeepSeek sparse attention: lightning-indexer heads")
+    index_head_dim: HeadDim | None = Field(None, description="DSA: indexer head width (its key cache per token)")
+    index_topk: Tokens | None = Field(None, description="DSA: cached tokens each query attends to")
+
+    _no_bools = model_validator(mode="before")(reject_bools)  # YAML's `yes`/`true` are not 1
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":
@@ -51,7 +74,10 @@ class ModelSpec(BaseModel):
             missing = [f for f in mla if getattr(self, f) is None]
             if missing:
                 raise ValueError(f"an MLA model (kv_lora_rank set) needs {', '.join(missing)}")
-        elif self.head_dim is None and self.d_model % self.heads:
+        dsa = [getattr(self, f) is None for f in DSA_FIELDS]
+        if any(dsa) != all(dsa) or (not any(dsa) and not self.is_mla):
+            raise ValueError(f"DeepSeek sparse attention needs an MLA model and all of {', '.join(DSA_FIELDS)}")
+        if not self.is_mla and self.head_dim is None and self.d_model % self.heads:
             raise ValueError(f"heads={self.heads} must divide d_model={self.d_model} (or set head_dim)")
         return self
 
@@ -60,8 +86,9 @@ class ModelSpec(BaseModel):
         # Exported graphs and sweep keys embed model_dump(): a model without a window dumps as it did before the
         # field existed, so the committed reference graphs and stored sweep results stay valid.
         out = handler(self)
-        if self.sliding_window is None:
-            out.pop("sliding_window", None)
+        for field in ("sliding_window", *DSA_FIELDS):
+            if getattr(self, field) is None:
+                out.pop(field, None)
         return out
 
     @property
@@ -70,9 +97,10 @@ class ModelSpec(BaseModel):
 
     @property
     def family(self) -> Family:
-        """The model's own attention: mla if kv_lora_rank is set, else by K/V heads (1: mqa, h: mha, else gqa)."""
+        """The model's own attention: dsa (MLA with an indexer) or mla if kv_lora_rank is set, else by K/V heads
+        (1: mqa, h: mha, else gqa)."""
         if self.is_mla:
-            return "mla"
+            return "dsa" if self.index_topk else "mla"
         if self.n_kv == 1:
             return "mqa"
         return "mha" if self.n_kv == self.heads else "gqa"
@@ -108,6 +136,9 @@ HF_FIELDS = {
     "v_head_dim": "v_head_dim",
     "num_hidden_layers": "layers",
     "sliding_window": "sliding_window",
+    "index_n_heads": "index_n_heads",
+    "index_head_dim": "index_head_dim",
+    "index_topk": "index_topk",
 }
 HF_REQUIRED = ("hidden_size", "num_attention_heads", "num_hidden_layers")
 MLA_REQUIRED = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
@@ -115,6 +146,7 @@ MLA_REQUIRED = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_
 HF_MODEL_TYPES: dict[str, tuple[str, ...]] = {
     "deepseek_v2": MLA_REQUIRED,
     "deepseek_v3": MLA_REQUIRED,
+    "deepseek_v32": (*MLA_REQUIRED, "index_n_heads", "index_head_dim", "index_topk"),  # V3.2: V3 + DSA indexer
     "kimi_k2": MLA_REQUIRED,  # Kimi K2: DeepSeek-V3 architecture under its own model_type
     "llama": (),
     "mistral": (),
@@ -161,7 +193,9 @@ def _canonical(raw: dict, source: Path) -> dict:
     """The config in Llama/DeepSeek field names, after checking its model_type."""
     model_type = raw.get("model_type")
     if model_type is not None and not _one_of(model_type, HF_MODEL_TYPES):
-        raise SpecError(f"{source}: model_type {model_type!r} is not supported (allowed: {', '.join(HF_MODEL_TYPES)})")
+        raise SpecError(
+            f"{source}: model_type {excerpt(model_type)} is not supported (allowed: {', '.join(HF_MODEL_TYPES)})"
+        )
     falcon_style = model_type == "falcon" or "multi_query" in raw or "new_decoder_architecture" in raw
     cfg = _falcon(raw) if falcon_style else raw
     required = HF_REQUIRED + HF_MODEL_TYPES.get(model_type, ())
@@ -176,7 +210,7 @@ def _precision(cfg: dict, source: Path) -> dict:
     if dtype is None:
         return {}
     if not _one_of(dtype, HF_DTYPES):
-        raise SpecError(f"{source}: torch_dtype {dtype!r} is not supported (allowed: {', '.join(HF_DTYPES)})")
+        raise SpecError(f"{source}: torch_dtype {excerpt(dtype)} is not supported (allowed: {', '.join(HF_DTYPES)})")
     return {"precision": HF_DTYPES[dtype]}
 
 
@@ -225,6 +259,12 @@ PRESETS: dict[str, ModelSpec] = {
         name="deepseek-v3", d_model=7168, heads=128, kv_heads=128, q_lora_rank=1536, kv_lora_rank=512,
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, layers=61,
     ),
+    # DeepSeek-V3.2(-Exp) config.json: V3's attention plus the DSA lightning indexer (64 heads x 128, top-2048)
+    "deepseek-v3.2": ModelSpec(
+        name="deepseek-v3.2", d_model=7168, heads=128, kv_heads=128, q_lora_rank=1536, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, layers=61, index_n_heads=64, index_head_dim=128,
+        index_topk=2048,
+    ),
     "deepseek-v2": ModelSpec(
         name="deepseek-v2", d_model=5120, heads=128, kv_heads=128, q_lora_rank=1536, kv_lora_rank=512,
         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, layers=60,
@@ -239,12 +279,27 @@ PRESETS: dict[str, ModelSpec] = {
 }  # fmt: skip
 
 
+def check_scale(model: ModelSpec, batch: int, tokens: int, keys: int, where: str = "") -> None:
+    """Refuse a workload whose counts would overflow 64-bit integers. Each size is within its own maximum, but
+    their product need not be (V3 prefill at S = 2**24 has ~1e19 MACs): an upper bound of the MACs, attention
+    B.T.h.L.2D plus projections B.T.W**2 (D the widest head, W the widest layer), is held to MAX_COUNT."""
+    rope = model.qk_rope_head_dim or 0
+    widest_head = max(model.d_model // model.heads, model.head_dim or 0, model.v_head_dim or 0,
+                      (model.qk_nope_head_dim or 0) + rope, (model.kv_lora_rank or 0) + rope)  # fmt: skip
+    widest_layer = model.d_model + model.q_lora_rank + (model.kv_lora_rank or 0) + 3 * model.heads * widest_head
+    macs = batch * tokens * (model.heads * keys * 2 * widest_head + widest_layer**2)
+    if macs > MAX_COUNT:
+        raise SpecError(f"{where}{model.name} at B={batch}, {tokens} new tokens over {keys} keys has ~{macs:.1e} "
+                        f"MACs, beyond the 64-bit counts of the store (at most {MAX_COUNT:.1e}; reduce batch, "
+                        "context or the model's size)")  # fmt: skip
+
+
 def resolve(model: str | None = None, hf_config: str | Path | None = None) -> ModelSpec:
     """A preset by name, or a config file; exactly one of the two."""
     if hf_config is not None:
         return from_hf_config(hf_config)
     if model not in PRESETS:
-        raise SpecError(f"--model: unknown preset {model!r} (allowed: {', '.join(PRESETS)})")
+        raise SpecError(f"--model: unknown preset {excerpt(model)} (allowed: {', '.join(PRESETS)})")
     return PRESETS[model]
 
 
@@ -254,4 +309,4 @@ def resolve_name_or_path(value: str) -> ModelSpec:
         return PRESETS[value]
     if Path(value).is_file():
         return from_hf_config(value)
-    raise SpecError(f"model {value!r}: neither a preset (allowed: {', '.join(PRESETS)}) nor a config.json file")
+    raise SpecError(f"model {excerpt(value)}: neither a preset (allowed: {', '.join(PRESETS)}) nor a config.json file")

@@ -1,5 +1,8 @@
-"""One self-contained, deterministic HTML report: figures (embedded PNG), claims, platforms, models, versions,
-point counts and failed points. No timestamps and no external resources, so two runs give the same bytes."""
+"""One self-contained, deterministic HTML report that answers first: one sentence per claim with its verdict per
+engine, and per swept platform the recommended decode scheme at a few contexts with its reason; then the figures
+(embedded PNG); then the evidence (every claim check, the platforms and models actually swept, point counts,
+failed points) in collapsible sections; versions. No timestamps and no external resources, so two runs give the
+same bytes."""
 
 import base64
 import html
@@ -9,34 +12,48 @@ from pathlib import Path
 
 import pandas as pd
 
-from stream_mla.claims import claims
-from stream_mla.models import PRESETS as MODEL_PRESETS
+from stream_mla.advise import recommend
+from stream_mla.claims import FAIL, Check, ClaimResults, evaluate_claims, expectation, failure, fmt_value
+from stream_mla.errors import SpecError
+from stream_mla.figures import ordered
+from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
+from stream_mla.workloads import registry
 
 PACKAGES = ("stream-mla", "stream-dse", "zigzag-dse", "onnx")
 FIGURE_TITLES = {"F1": "Operational intensity vs context", "F2": "Latency and energy per decode step",
                  "F3": "Latency vs DRAM bandwidth", "F4": "Latency vs context", "F5": "Prefill comparison",
                  "F6": "Winning-scheme map"}  # fmt: skip
-CSS = """body{font-family:sans-serif;max-width:1400px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.85em}td,th{border:1px solid #bbb;padding:3px 6px;
-vertical-align:top;text-align:left}th{background:#eee}.PASS{background:#d4f4d4}.FAIL{background:#f8d0d0}
-.NODATA{background:#eee}img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}"""
+CSS = """body{font-family:sans-serif;max-width:1400px;margin:1em auto;color:#222}h1{font-size:1.4em;margin:.3em 0}
+h2{font-size:1.15em;margin:.8em 0 .3em}p{margin:.3em 0}ol.answers{margin:.3em 0;padding-left:1.5em}
+ol.answers li{margin:.15em 0}table{border-collapse:collapse;margin:.5em 0;font-size:.85em}
+td,th{border:1px solid #bbb;padding:2px 6px;vertical-align:top;text-align:left}th{background:#eee}
+.PASS{background:#d4f4d4}.FAIL{background:#f8d0d0}.NODATA{background:#eee}.v{padding:0 4px;border-radius:3px}
+details{margin:.4em 0}summary{cursor:pointer;font-weight:bold}img{max-width:100%;border:1px solid #ddd}
+figure{margin:1.5em 0}"""
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "" if pd.isna(v) else f"{v:.4g}"
+    return "" if v is None or v is pd.NA else str(v)
 
 
 def _table(df: pd.DataFrame, cls: str = "", row_class: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     body = []
     for _, r in df.iterrows():
-        attr = f' class="{html.escape(str(r[row_class]).replace(" ", ""))}"' if row_class else ""
-        cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r)
-        body.append(f"<tr{attr}>{cells}</tr>")
+        attr = f' class="{_css(r[row_class])}"' if row_class else ""
+        body.append(f"<tr{attr}>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>")
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "" if pd.isna(v) else f"{v:.4g}"
-    return "" if v is None else str(v)
+def _css(verdict: str) -> str:
+    return html.escape(str(verdict).replace(" ", ""))
+
+
+def _badge(text: str, verdict: str) -> str:
+    return f'<span class="v {_css(verdict)}">{html.escape(text)}</span>'
 
 
 def versions() -> dict[str, str]:
@@ -49,21 +66,82 @@ def versions() -> dict[str, str]:
     return out
 
 
-def platform_table() -> pd.DataFrame:
-    return pd.DataFrame([{"platform": p.name, "peak TFLOP/s": p.peak_flop_per_s / 1e12, "DRAM GB/s": p.dram_gb_s,
-                          "ridge FLOP/B": p.ridge_flop_per_byte, "SRAM MB": p.total_sram_bytes / 1e6,
-                          "clock GHz": p.clock_ghz, "pJ/MAC": p.mac_pj, "DRAM pJ/bit": p.dram_pj_per_bit}
-                         for p in PLATFORM_PRESETS.values()])  # fmt: skip
+# ---------------------------------------------------------------------------------------------- answers
+def answers_html(results: ClaimResults) -> str:
+    """One sentence per claim: its statement, the verdict per engine, and the first failing engine's reason."""
+    items = []
+    for s in results.summaries:
+        per = " ".join(_badge(f"{e.engine} {e.verdict}", e.verdict) for e in s.engines)
+        fail = next((e for e in s.engines if e.verdict == FAIL), None)
+        why = f" <i>{html.escape(failure(fail))}</i>" if fail else ""
+        items.append(f"<li><b>{html.escape(s.claim)}</b> {html.escape(s.statement)}: {per}{why}</li>")
+    return f'<ol class="answers">{"".join(items)}</ol>'
 
 
-def model_table() -> pd.DataFrame:
-    return pd.DataFrame([m.model_dump() for m in MODEL_PRESETS.values()])
+def recommendation_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per swept platform and stored context (1k, 4k, 32k), the fastest scheme by the stored analytic rows."""
+    recs = [{"platform": a.platform, "model": a.model, "B": a.batch, "L": a.context, "precision": a.precision,
+             "recommended": a.label, "runner-up": registry.label(a.next_scheme) if a.next_scheme else "",
+             "margin": f"{a.margin:.2f}x" if a.margin else "", "latency ms": a.latency_s * 1e3, "reason": a.reason}
+            for a in recommend(ok)]  # fmt: skip
+    t = pd.DataFrame(recs, columns=["platform", "model", "B", "L", "precision", "recommended", "runner-up", "margin",
+                                    "latency ms", "reason"])  # fmt: skip
+    return t.drop(columns=["precision"]) if t["precision"].nunique() <= 1 else t
+
+
+# ---------------------------------------------------------------------------------------------- evidence
+def checks_table(checks: list[Check]) -> pd.DataFrame:
+    return pd.DataFrame([{"verdict": c.verdict, "engine": c.engine, "quantity": c.quantity,
+                          "measured": fmt_value(c.measured), "predicted": expectation(c),
+                          "reason / note": c.reason or c.note,
+                          "evidence": "; ".join(f"{e.where} = {e.value:.4g}" for e in c.evidence)}
+                         for c in checks])  # fmt: skip
+
+
+def evidence_html(results: ClaimResults) -> str:
+    parts = []
+    for s in results.summaries:
+        checks = results.of(s.claim)
+        n_fail = sum(c.verdict == FAIL for c in checks)
+        title = f"{s.claim} {s.verdict}: {len(checks)} checks, {n_fail} failed — {s.statement}"
+        parts.append(f"<details><summary>{html.escape(title)}</summary>"
+                     f"{_table(checks_table(checks), 'checks', row_class='verdict')}</details>")  # fmt: skip
+    return "\n".join(parts)
+
+
+def platform_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """The platforms in the rows (not the presets): numbers at each compute precision swept, from the rows."""
+    recs = []
+    for (p, prec), g in ok.groupby(["platform", "precision"], sort=True, dropna=False):
+        r, preset = g.iloc[0], PLATFORM_PRESETS.get(p)
+        bw = float(r["dram_bytes_per_s"]) / float(r["bw_scale"])  # the unscaled bandwidth
+        recs.append({"platform": p, "precision": prec, "peak TFLOP/s": float(r["peak_flop_per_s"]) / 1e12,
+                     "DRAM GB/s": bw / 1e9, "ridge FLOP/B": float(r["peak_flop_per_s"]) / bw,
+                     "clock GHz": float(r["clock_ghz"]), "SRAM MB": preset.total_sram_bytes / 1e6 if preset else None,
+                     "pJ/MAC": preset.mac_pj if preset else None, "DRAM pJ/bit": preset.dram_pj_per_bit if preset else
+                     None, "bandwidth scales": ", ".join(f"{b:g}" for b in sorted(g["bw_scale"].unique())),
+                     "engines": ", ".join(sorted(g["engine"].unique())), "points": len(g)})  # fmt: skip
+    return pd.DataFrame(recs)
+
+
+def model_table(ok: pd.DataFrame) -> pd.DataFrame:
+    """The models in the rows with their dimensions (where the preset or config still resolves)."""
+    recs = []
+    for name, g in ok.groupby("model", sort=True):
+        try:
+            spec = resolve_name_or_path(name).model_dump()
+        except SpecError:  # a config.json that has moved since the sweep
+            spec = {}
+        schemes = ", ".join(ordered(g["scheme"].unique(), registry.NAMES))
+        recs.append({"model": name, **{k: v for k, v in spec.items() if k != "name"}, "schemes": schemes,
+                     "points": len(g)})  # fmt: skip
+    return pd.DataFrame(recs)
 
 
 def _figures_html(figures_dir: Path | None) -> str:
     pngs = sorted(Path(figures_dir).glob("F*.png")) if figures_dir and Path(figures_dir).is_dir() else []
     if not pngs:
-        return "<p>No figures found (run <code>stream-mla figures</code> first).</p>"
+        return f"<p>No figures found in {html.escape(str(figures_dir))} (run <code>stream-mla figures</code>).</p>"
     parts = []
     for png in pngs:
         fid = png.stem.split("_")[0]
@@ -75,42 +153,65 @@ def _figures_html(figures_dir: Path | None) -> str:
     return "\n".join(parts)
 
 
-def write_report(df: pd.DataFrame, figures_dir: str | Path | None, out_html: str | Path) -> Path:
-    """Write the report for a result table (all rows; failed rows are listed, ok rows feed the claims)."""
-    out_html = Path(out_html)
+def _points_html(df: pd.DataFrame) -> str:
+    status = df["status"] if "status" in df.columns else pd.Series("ok", index=df.index)
+    counts = (df.assign(status=status).groupby(["engine", "status"]).size().unstack(fill_value=0).reset_index()
+              if len(df) else pd.DataFrame({"engine": [], "ok": []}))  # fmt: skip
+    failed = df[status != "ok"]
+    cols = [c for c in ("model", "scheme", "phase", "batch", "context", "platform", "bw_scale", "engine", "error")
+            if c in failed.columns]  # fmt: skip
+    fail_html = (_table(failed[cols].sort_values(cols[:-1]).reset_index(drop=True)) if len(failed)
+                 else "<p>No failed points.</p>")  # fmt: skip
+    return f"{_table(counts)}<h3>Failed points ({len(failed)})</h3>{fail_html}"
+
+
+# ---------------------------------------------------------------------------------------------- page
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "ok"] if "status" in df.columns else df
-    failed = df[df["status"] != "ok"] if "status" in df.columns else df.iloc[:0]
-    table = claims(ok)
-    counts = (df.assign(status=df.get("status", "ok")).groupby(["engine", "status"]).size().unstack(fill_value=0)
-              .reset_index() if len(df) else pd.DataFrame({"engine": [], "ok": []}))  # fmt: skip
-    fail_cols = [c for c in ("model", "scheme", "phase", "batch", "context", "platform", "bw_scale", "engine", "error")
-                 if c in failed.columns]  # fmt: skip
-    fail_html = (_table(failed[fail_cols].sort_values(fail_cols[:-1]).reset_index(drop=True))
-                 if len(failed) else "<p>No failed points.</p>")  # fmt: skip
+    return ok.drop_duplicates("key").reset_index(drop=True) if "key" in ok.columns else ok
+
+
+def _recommendations_html(ok: pd.DataFrame) -> str:
+    t = recommendation_table(ok) if len(ok) else pd.DataFrame()
+    if t.empty:
+        return "<p>No stored analytic decode rows at L = 1k, 4k or 32k.</p>"
+    return _table(t, "recommend")
+
+
+def render_report(df: pd.DataFrame, figures_dir: str | Path | None) -> str:
+    """The report's HTML for a result table (all rows; failed rows are listed, ok rows feed the rest)."""
+    ok = _ok(df)
+    results = evaluate_claims(ok)
     ver = pd.DataFrame(list(versions().items()), columns=["package", "version"])
-    body = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>stream-mla report</title><style>{CSS}</style></head>
 <body>
 <h1>stream-mla: attention schemes on accelerator platforms</h1>
-<p>Reproduction of the claims of Geens &amp; Verhelst (arXiv 2506.02523) as specified in attention-schemes.md §8.
-Analytic rows are the roofline of §2 with first-order energy (MAC + DRAM); engine rows come from Stream / ZigZag.
-MHA baseline: d_h = 128 (§3).</p>
-<h2>Claims</h2>
-{_table(table, "claims", row_class="result")}
+<p>Claims of Geens &amp; Verhelst (arXiv 2506.02523) as specified in attention-schemes.md §8, tested on {len(ok)}
+stored points. Analytic rows are the roofline of §2 with first-order energy (MAC + DRAM); engine rows come from
+Stream / ZigZag. MHA baseline: d_h = 128 (§3).</p>
+<h2>Answers</h2>
+{answers_html(results)}
+<h2>Recommended decode scheme (stored analytic rows, smallest batch)</h2>
+{_recommendations_html(ok)}
 <h2>Figures</h2>
 {_figures_html(Path(figures_dir) if figures_dir else None)}
-<h2>Platforms (§10)</h2>
-{_table(platform_table())}
-<h2>Models (§1.2)</h2>
-{_table(model_table())}
-<h2>Points</h2>
-{_table(counts)}
-<h3>Failed points</h3>
-{fail_html}
+<h2>Evidence</h2>
+{evidence_html(results)}
+<details><summary>Points per engine and status</summary>{_points_html(df)}</details>
+<h2>Platforms swept</h2>
+{_table(platform_table(ok))}
+<h2>Models swept</h2>
+{_table(model_table(ok))}
 <h2>Versions</h2>
 {_table(ver)}
 </body></html>
 """
+
+
+def write_report(df: pd.DataFrame, figures_dir: str | Path | None, out_html: str | Path) -> Path:
+    """Write the report (see render_report) to out_html."""
+    out_html = Path(out_html)
     out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(body, encoding="utf-8")
+    out_html.write_text(render_report(df, figures_dir), encoding="utf-8")
     return out_html

@@ -5,7 +5,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from stream_mla.claims import claims, format_claims
+from stream_mla.claims import evaluate_claims, format_claims, to_json
 from stream_mla.figures import make_figures
 from stream_mla.report import write_report
 from stream_mla.sweeps.points import SweepPoint
@@ -17,8 +17,8 @@ from stream_mla.sweeps.store import ResultStore
 def reproduce(out_dir: str | Path = "results", spec: SweepSpec | Iterable[SweepPoint] | None = None, workers: int = 2,
               progress: bool = True) -> dict:  # fmt: skip
     """Run `spec` (default: the embedded reproduction sweep) into `out_dir/results.sqlite`, then write
-    `figures/`, `claims.txt`, `claims.json` and `report.html` there. Returns the sweep stats, the claims
-    table and the wall time of each step."""
+    `figures/`, `claims.txt` (summary and every check), `claims.json` (the check records) and `report.html` there.
+    Returns the sweep stats, the claim results and the wall time of each step."""
     out = Path(out_dir)
     walls = {}
     t = time.perf_counter()
@@ -31,12 +31,12 @@ def reproduce(out_dir: str | Path = "results", spec: SweepSpec | Iterable[SweepP
     figures = make_figures(ok, out / "figures")
     walls["figures_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    table = claims(ok)
-    (out / "claims.txt").write_text(format_claims(table))
-    (out / "claims.json").write_text(json.dumps(table.to_dict(orient="records"), indent=2, ensure_ascii=False) + "\n")
+    results = evaluate_claims(ok)
+    (out / "claims.txt").write_text(format_claims(results))
+    (out / "claims.json").write_text(json.dumps(to_json(results), indent=2, ensure_ascii=False) + "\n")
     walls["claims_s"] = time.perf_counter() - t
     t = time.perf_counter()
     report = write_report(everything, out / "figures", out / "report.html")
     walls["report_s"] = time.perf_counter() - t
     walls["total_s"] = sum(walls.values())
-    return {"sweep": stats, "claims": table, "figures": figures, "report": report, "walls": walls}
+    return {"sweep": stats, "claims": results, "figures": figures, "report": report, "walls": walls}

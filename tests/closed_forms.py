@@ -133,3 +133,30 @@ def layer_by_layer_slope(m, scheme, n_kv=None):
         "mla-naive": h * (dn + dr + dv) + 8 * h,
         "mla-recompute": 2 * dc + 2 * h * (dn + dv) + dr + 8 * h,
     }.get(scheme, 2 * dc + dr + 8 * h)  # absorb and both merged schemes: the latent read by scores and context
+
+
+def sparse_decode_bytes(m, B, L, Q=1, p=2, core=False):
+    """DeepSeek sparse attention (V3.2) decode, in bytes (its indexer keys are fp8, 1 byte): absorbed MLA over the
+    k = min(index_topk, L) latents each query selects, plus the lightning indexer: projections W_IQ [q_in, n·d_i],
+    W_IW [d, n], W_IK [d, d_i]; n·Q·L·d_i index-score MACs and the Q·n·L weighted sum over heads. The core is the
+    two kernels alone (index and attention queries in, caches read, context out)."""
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    n, di, k = m.index_n_heads, m.index_head_dim, min(m.index_topk, L)
+    w_idx = q_in * n * di + d * n + d * di
+    attn = n * Q * L * di + Q * n * L + h * Q * k * (2 * dc + dr)
+    kv_read = B * (L * di + Q * k * (dc + dr) * p)
+    if core:
+        act = B * Q * (n * di + n + h * (2 * dc + dr)) * p
+        return {"macs": B * attn, "weights": 0, "kv_read": kv_read, "kv_write": 0, "activations": act}
+    return {"macs": B * (Q * (w_f(m) + w_idx) + attn), "weights": (w_f(m) + w_idx) * p, "kv_read": kv_read,
+            "kv_write": B * Q * ((dc + dr) * p + di), "activations": 2 * B * Q * d * p}  # fmt: skip
+
+
+def split_kv_partials(m, scheme, B, C, Q=1):
+    """Split-KV (flash-decoding) decode with the cache in C chunks: the elements every chunk hands the combine, its
+    unnormalised context o_c (value width per query row) and its max m_c and sum l_c (one each per row), for the
+    h·Q query rows of each sequence. Value width: d_h for the baselines, the latent d_c for the absorbed schemes
+    (values are the latent), d_v per head for naive and recompute. The split adds these and no MACs or DRAM bytes."""
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    width = {"mha": m.d_h, "gqa": m.d_h, "mqa": m.d_h, "mla-naive": dv, "mla-recompute": dv}.get(scheme, dc)
+    return B * h * Q * C * (width + 2)

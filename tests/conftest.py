@@ -1,4 +1,16 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (reference, closed_forms) import by name
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cost_cache(tmp_path_factory):
+    """Each test session its own ZigZag cost cache: timings and cache-hit assertions do not depend on what earlier
+    runs left in ~/.cache/stream-mla (engine children inherit the variable)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STREAM_MLA_CACHE", str(tmp_path_factory.mktemp("cost-cache")))
+    yield
+    mp.undo()

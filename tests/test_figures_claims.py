@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from stream_mla.analysis_cli import add_commands, load_table
-from stream_mla.claims import claims, format_claims
+from stream_mla.claims import STATEMENTS, claims, evaluate_claims, exit_code, format_claims, summary_table, to_json
 from stream_mla.errors import SpecError
 from stream_mla.figures import make_figures
 from stream_mla.report import write_report
@@ -116,36 +116,57 @@ def test_figures_skip_missing_data(table, tmp_path, caplog):
     assert make_figures(table.iloc[:0], tmp_path) == []
 
 
+def _summary(results, claim: str) -> dict[str, str]:
+    return {e.engine: e.verdict for e in results.summary(claim).engines}
+
+
+def _one_check(results, claim: str, engine: str, quantity: str):
+    (c,) = [c for c in results.of(claim, engine) if c.quantity.startswith(quantity)]
+    return c
+
+
 def test_claims_pass_on_analytic_rows(table):
-    c = claims(table[table["engine"] == "analytic"]).set_index("claim")
-    assert list(c.index) == ["C1", "C2", "C3a", "C3b", "C3c", "C4"]
-    assert (c["result"] == "PASS").all(), format_claims(c.reset_index())
-    assert "mha/absorb B=1 L=4k 3.19" in c.loc["C1", "measured"]
-    assert "OI L=4k" in c.loc["C2", "measured"] and "rc 364" in c.loc["C2", "measured"]
-    assert "C3b reproduces" in c.loc["C3b", "note"] and "C3a does not reproduce" in c.loc["C3a", "note"]
+    r = evaluate_claims(table[table["engine"] == "analytic"])
+    assert [s.claim for s in r.summaries] == ["C1", "C2", "C3a", "C3b", "C3c", "C4"]
+    assert {s.verdict for s in r.summaries} == {"PASS"}, format_claims(r)
+    assert r.engines == ("analytic",) and all(c.engine == "analytic" for c in r.checks)
+    c1 = _one_check(r, "C1", "analytic", "mha/absorb DRAM bytes, V3 B=1 L=4k")
+    assert c1.measured == pytest.approx(3.19, abs=0.005) and c1.predicted == 3.19 and c1.verdict == "PASS"
+    assert len(c1.evidence) == 2 and all(e.key for e in c1.evidence)
+    assert "187 M (absorb) vs 470 M (mha) elements" in c1.note  # computed from the rows' weight bytes
+    assert _one_check(r, "C2", "analytic", "OI of rc (FLOP/B), V3 B=1 L=4k").measured == pytest.approx(364, rel=0.01)
+    lstar = _one_check(r, "C3a", "analytic", "L* where recompute's OI reaches the ridge, V3 B=1 on h100-like")
+    assert lstar.measured == pytest.approx(3309, abs=1)
+    edge = _one_check(r, "C3a", "analytic", "L* where recompute's OI reaches the ridge, V3 B=1 on edge-npu")
+    assert edge.verdict == "NO DATA" and edge.measured is None  # not swept: untested, not failed
+    assert _one_check(r, "C3c", "analytic", "R* = F_per-step/Q_merged").predicted == (123.0, 127.0)
+    assert "C3b reproduces" in _one_check(r, "C3b", "analytic", "distinct winners").note
+    assert "C3a does not reproduce" in _one_check(r, "C3a", "analytic", "T_rc/T_abs, every point").note
+    assert claims(table[table["engine"] == "analytic"])["result"].tolist() == ["PASS"] * 6
 
 
-def test_forced_strategy_rows_are_shown_not_tested(table):
+def test_forced_strategy_rows_are_an_engine_of_their_own(table):
     a = table[table["engine"] == "analytic"]
     pick = (a["platform"] == "h20-like") & (a["batch"] == 1) & a["context"].isin([1024, 32768])
     forced = synthetic_engine(a[pick & a["scheme"].isin(["mha", "mla-absorb"])], factor=3.0)
     forced["engine"], forced["key"] = "stream:fixed-mapping", forced["key"] + "-fixed"
-    c = claims(pd.concat([table, forced], ignore_index=True)).set_index("claim")
-    assert (
-        "Not tested, for comparison: T(32k)/T(1k) h20-like [stream:fixed-mapping]: mha 3.07, absorb 1.10"
-        in (c.loc["C4", "note"])
-    )  # a common factor leaves the growth as analytic
-    assert c.loc["C4", "result"] == claims(table).set_index("claim").loc["C4", "result"]
+    r = evaluate_claims(pd.concat([table, forced], ignore_index=True))
+    assert r.engines == ("analytic", "stream", "stream:fixed-mapping")
+    growth = [c for c in r.of("C4", "stream:fixed-mapping") if c.quantity.startswith("T(32k)/T(1k)")]
+    assert [round(c.measured, 2) for c in growth] == [3.07, 1.10]  # a common factor leaves the growth as analytic
+    assert _summary(r, "C4") == {"analytic": "PASS", "stream": "PASS", "stream:fixed-mapping": "PASS"}
 
 
 def test_claims_use_engine_rows(table):
-    c = claims(table).set_index("claim")
-    assert (
-        c.loc["C1", "result"] == "PASS" and "engine/analytic DRAM absorb+recompute 1.03-1.03" in c.loc["C1", "measured"]
-    )
-    assert "stream T_rc/T_abs h20-like B=1 L=4k" in c.loc["C3a", "measured"]
-    assert "[stream]" in c.loc["C4", "measured"]  # growth from the (synthetic) engine rows on h20-like
-    text = format_claims(c.reset_index())
+    r = evaluate_claims(table)
+    c1 = r.of("C1", "stream")
+    assert c1 and {round(c.measured, 2) for c in c1} == {1.03} and {c.verdict for c in c1} == {"PASS"}
+    c3a = _one_check(r, "C3a", "stream", "T_rc/T_abs above L*, h20-like B=1 L=4k")
+    assert c3a.verdict == "PASS" and c3a.relation == ">"
+    assert r.of("C4", "stream")  # growth from the (synthetic) engine rows on h20-like
+    assert _summary(r, "C2") == {"analytic": "PASS"}  # OI is a property of the workload: engines not tested
+    assert _summary(r, "C3b") == {"analytic": "PASS", "stream": "NO DATA"}  # no stream naive rows
+    text = format_claims(r)
     assert text.splitlines()[0].startswith("claim") and "C3c" in text
 
 
@@ -154,34 +175,94 @@ def test_claims_fail_when_rows_contradict(table):
     long = (bad["scheme"] == "mha") & (bad["context"] == 32768)
     bad.loc[long, "latency_s"] /= 2.5  # MHA now looks stable as L grows
     bad.loc[bad["scheme"] == "mha", "dram_bytes"] *= 0.5  # and MLA no longer cuts traffic by the predicted ratio
-    c = claims(bad).set_index("claim")
-    assert c.loc["C4", "result"] == "FAIL"
-    assert c.loc["C1", "result"] == "FAIL"
-    # an engine that spills far beyond the §5.3 term fails C1's engine part
-    spill = synthetic_engine(table[(table["engine"] == "analytic") & (table["scheme"] == "mla-absorb")])
-    spill["engine_dram_bytes"] *= 2
-    c = claims(pd.concat([table[table["engine"] == "analytic"], spill])).set_index("claim")
-    assert c.loc["C1", "result"] == "FAIL" and "beyond both references" in c.loc["C1", "note"]
+    r = evaluate_claims(bad)
+    assert r.summary("C4").verdict == "FAIL" and r.summary("C1").verdict == "FAIL"
+    c1 = _one_check(r, "C1", "analytic", "mha/absorb DRAM bytes, V3 B=1 L=4k")
+    assert (
+        c1.verdict == "FAIL"
+        and c1.measured == pytest.approx(3.19 / 2, rel=0.01)
+        and "is 1.59, not ≈ 3.19 ±10%" in c1.reason
+    )
+    growth = _one_check(r, "C4", "analytic", "T(32k)/T(1k) of mha on h20-like")
+    assert growth.verdict == "FAIL" and growth.measured == pytest.approx(3.07 / 2.5, rel=0.01)
+
+
+def test_engine_reasons_come_from_the_rows(table):
+    analytic = table[table["engine"] == "analytic"]
+    spill = synthetic_engine(analytic[analytic["scheme"] == "mla-absorb"])
+    spill["engine_dram_bytes"] *= 2  # beyond every reference the spec explains
+    r = evaluate_claims(pd.concat([analytic, spill]))
+    fails = [c for c in r.of("C1", "stream") if c.verdict == "FAIL"]
+    assert fails and all(c.measured == pytest.approx(2.06) for c in fails)
+    assert fails[0].reason.startswith("stream rows move 2.06x the analytic bytes, more than any reference")
+    assert fails[0].note.startswith("T/roofline 1.02, DRAM engine/analytic 2.06")  # the full diagnostics
     # moving exactly the layer-by-layer bytes (no reuse between steps) is explained, not a failure
     spill["engine_dram_bytes"] = spill["layer_by_layer_bytes"].astype(float)
-    c = claims(pd.concat([table[table["engine"] == "analytic"], spill])).set_index("claim")
-    assert c.loc["C1", "result"] == "PASS" and "= layer-by-layer" in c.loc["C1", "note"]
+    r = evaluate_claims(pd.concat([analytic, spill]))
+    lbl = dict(zip(spill["key"], spill["layer_by_layer_bytes"] / spill["dram_bytes"], strict=True))
+    assert any(v > 1.1 for v in lbl.values())
+    for c in r.of("C1", "stream"):
+        ratio = lbl[c.evidence[0].key]
+        assert c.verdict == "PASS" and c.measured == pytest.approx(ratio)
+        assert c.predicted == (1.0 if ratio <= 1.1 else pytest.approx(ratio))  # analytic first, else layer-by-layer
+        assert ("layer-by-layer" in c.note) == (ratio > 1.1)
+
+
+def test_a_claim_fails_on_one_engine_and_passes_on_another(table):
+    analytic = table[table["engine"] == "analytic"]
+    absorb = analytic[analytic["scheme"] == "mla-absorb"]
+    stream = synthetic_engine(absorb)
+    stream["engine_dram_bytes"] *= 2
+    zigzag = synthetic_engine(absorb).assign(engine="zigzag")
+    zigzag["key"] += "-zz"
+    r = evaluate_claims(pd.concat([analytic, stream, zigzag]))
+    assert _summary(r, "C1") == {"analytic": "PASS", "stream": "FAIL", "zigzag": "PASS"}
+    assert r.summary("C1").verdict == "FAIL"
+    stream_verdict = next(e for e in r.summary("C1").engines if e.engine == "stream")
+    assert (
+        stream_verdict.failed == (stream["phase"] == "decode").sum()
+        and "2.06x the analytic bytes" in stream_verdict.reason
+    )
+    assert exit_code(r) == 0 and exit_code(r, strict=True) == 1  # engine FAILs are findings, analytic ones errors
+    row = claims(pd.concat([analytic, stream, zigzag])).set_index("claim").loc["C1"]
+    assert (row["result"], row["analytic"], row["stream"], row["zigzag"]) == ("FAIL", "PASS", "FAIL", "PASS")
+    assert row["reason"].startswith("stream: stream rows move 2.06x")
 
 
 def test_claims_no_data(table):
-    c = claims(table[table["phase"] == "prefill"])
-    assert (c["result"] == "NO DATA").all()
+    r = evaluate_claims(table[table["phase"] == "prefill"])
+    assert {s.verdict for s in r.summaries} == {"NO DATA"}
+    assert {c.verdict for c in r.checks} == {"NO DATA"} and all(c.measured is None for c in r.checks)
     assert (claims(table.iloc[:0])["result"] == "NO DATA").all()
 
 
-def test_report_is_self_contained(table, figures, tmp_path):
+def test_claims_records_are_json(table):
+    r = evaluate_claims(table)
+    records = to_json(r)
+    assert json.loads(json.dumps(records)) == json.loads(json.dumps(records, allow_nan=False))
+    assert set(records[0]) == {"claim", "statement", "quantity", "engine", "measured", "predicted", "relation",
+                               "tolerance", "verdict", "evidence", "reason", "note"}  # fmt: skip
+    assert {x["verdict"] for x in records} <= {"PASS", "FAIL", "NO DATA"}
+
+
+def test_report_answers_first(table, figures, tmp_path):
     failed = table.iloc[:1].assign(status="failed", error="EngineError: boom", key="x")
     out = write_report(pd.concat([table, failed]), figures[0], tmp_path / "r.html")
     text = out.read_text()
     assert not re.search(r'(src|href)="(?!data:)', text)
     assert "<link" not in text and "<script" not in text
-    assert 'class="claims"' in text and "C3b" in text and "EngineError: boom" in text
-    assert "data:image/png;base64," in text and "h20-like" in text and "stream-dse" in text
+    assert "EngineError: boom" in text and "stream-dse" in text
+    first_figure = text.index("<figure>")
+    assert text.index('<ol class="answers">') < text.index('class="recommend"') < first_figure
+    answers = text[text.index('<ol class="answers">') : first_figure]
+    assert answers.count("<li>") == 6 and "analytic PASS" in answers and "stream PASS" in answers
+    assert ">h100-like</td><td>deepseek-v3</td><td>1</td><td>4096</td><td>absorb</td>" in answers
+    assert text.index("<details>") > first_figure  # the evidence, collapsed, after the figures
+    swept = text[text.index("<h2>Platforms swept</h2>") : text.index("<h2>Models swept</h2>")]
+    assert all(p in swept for p in ("h100-like", "h20-like", "cloud-fusemax"))
+    assert "edge-npu" not in swept and "tpu-v5e-like" not in swept  # presets never swept are not listed
+    models = text[text.index("<h2>Models swept</h2>") : text.index("<h2>Versions</h2>")]
+    assert "deepseek-v3" in models and "deepseek-v2-lite" not in models
     again = write_report(pd.concat([table, failed]), figures[0], tmp_path / "r2.html")
     assert again.read_bytes() == out.read_bytes()
 
@@ -190,27 +271,58 @@ def test_cli_commands_and_missing_db(tmp_path):
     ap = argparse.ArgumentParser()
     add_commands(ap.add_subparsers(dest="command"))
     args = ap.parse_args(["report", "--db", str(tmp_path / "none.sqlite"), "-o", str(tmp_path / "r.html")])
-    assert args.figures == "figures"
+    assert args.figures == "results/figures"  # where `make figures` (reproduce -o results) writes them
+    defaults = ap.parse_args(["report"])
+    assert (defaults.db, defaults.output) == ("results/results.sqlite", "results/report.html")
+    assert ap.parse_args(["figures"]).output == "results/figures"
     with pytest.raises(SpecError, match="no results store"):
         args.func(args)
     with pytest.raises(SpecError, match="--db"):
         load_table(tmp_path / "none.sqlite")
 
 
-def test_cli_on_a_store(table, tmp_path, capsys):
+def _store(rows: pd.DataFrame, db):
     from stream_mla.sweeps.store import ResultStore
 
-    db = tmp_path / "results.sqlite"
     with ResultStore(db) as store:
-        for row in table.to_dict(orient="records"):
+        for row in rows.to_dict(orient="records"):
             store.put({k: (None if pd.isna(v) else v) for k, v in row.items()})
-    ap = argparse.ArgumentParser()
-    add_commands(ap.add_subparsers(dest="command"))
-    args = ap.parse_args(["claims", "--db", str(db), "--json"])
-    args.func(args)
+    return db
+
+
+def test_cli_on_a_store(table, tmp_path, capsys):
+    db = _store(table, tmp_path / "results.sqlite")
+    assert exit_status(["claims", "--db", str(db), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [r["claim"] for r in out] == ["C1", "C2", "C3a", "C3b", "C3c", "C4"]
-    assert out == claims(table).to_dict(orient="records")
+    assert out == json.loads(json.dumps(to_json(evaluate_claims(load_table(db)))))
+    assert [x["claim"] for x in out][:1] == ["C1"] and {x["claim"] for x in out} == set(STATEMENTS)
+
+
+def exit_status(argv: list[str]) -> int:
+    """The process exit status of `stream-mla ARGV` (main returns it, or a command raises SystemExit)."""
+    from stream_mla.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_claims_exit_codes(table, tmp_path, capsys):
+    """0: no analytic verdict fails; 1: one does (or, with --strict, any verdict); 2: bad input."""
+    analytic = table[table["engine"] == "analytic"]
+    assert exit_status(["claims", "--db", str(_store(analytic, tmp_path / "ok.sqlite"))]) == 0
+    engine_fail = synthetic_engine(analytic[analytic["scheme"] == "mla-absorb"])
+    engine_fail["engine_dram_bytes"] *= 2
+    db = _store(pd.concat([analytic, engine_fail]), tmp_path / "engine.sqlite")
+    assert exit_status(["claims", "--db", str(db)]) == 0
+    assert exit_status(["claims", "--db", str(db), "--strict"]) == 1
+    bad = analytic.copy()
+    bad.loc[bad["scheme"] == "mha", "dram_bytes"] *= 0.5
+    assert exit_status(["claims", "--db", str(_store(bad, tmp_path / "bad.sqlite"))]) == 1
+    capsys.readouterr()
+    assert exit_status(["claims", "--db", str(tmp_path / "none.sqlite")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_reproduce_command_end_to_end(tmp_path, capsys):
@@ -228,9 +340,10 @@ def test_reproduce_command_end_to_end(tmp_path, capsys):
     assert "18 points (18 computed, 0 cached, 0 failed)" in first
     files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert {"results.sqlite", "claims.txt", "claims.json", "report.html", "figures/F1_oi_vs_context.png"} <= set(files)
-    stored = claims(load_table(out / "results.sqlite"))
-    assert json.loads(files["claims.json"]) == stored.to_dict(orient="records")
-    assert files["claims.txt"].decode() in first
+    stored = evaluate_claims(load_table(out / "results.sqlite"))
+    assert json.loads(files["claims.json"]) == json.loads(json.dumps(to_json(stored)))  # the records
+    assert files["claims.txt"].decode() == format_claims(stored)
+    assert format_claims(summary_table(stored)) in first  # the console shows the summary
     assert main(["reproduce", str(spec), "-o", str(out), "-q"]) == 0
     assert "18 points (0 computed, 18 cached, 0 failed)" in capsys.readouterr().out
     for name, data in files.items():

@@ -69,7 +69,7 @@ def test_unsupported_model_type_is_one_line_naming_the_allowed(write, model_type
         from_hf_config(write({**LLAMA_8B, "model_type": model_type}))
     msg = str(exc.value)
     assert len(msg.splitlines()) == 1 and f"model_type {model_type!r} is not supported" in msg
-    assert "(allowed: deepseek_v2, deepseek_v3, kimi_k2, llama, mistral, qwen2, falcon)" in msg
+    assert "(allowed: deepseek_v2, deepseek_v3, deepseek_v32, kimi_k2, llama, mistral, qwen2, falcon)" in msg
 
 
 def test_config_without_model_type_is_read_from_its_fields(write):
@@ -183,7 +183,10 @@ def test_resolve_name_or_path_error_names_the_presets(value):
         resolve_name_or_path(value)
     msg = str(exc.value)
     assert len(msg.splitlines()) == 1 and repr(value) in msg
-    presets = "deepseek-v3, deepseek-v2, deepseek-v2-lite, kimi-k2, llama-3.1-8b, llama-3.1-70b, qwen2.5-7b, mistral-7b"
+    presets = (
+        "deepseek-v3, deepseek-v3.2, deepseek-v2, deepseek-v2-lite, kimi-k2, llama-3.1-8b, llama-3.1-70b, "
+        "qwen2.5-7b, mistral-7b"
+    )
     assert f"(allowed: {presets})" in msg
 
 

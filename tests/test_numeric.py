@@ -1,11 +1,9 @@
 """Numeric graphs (random weights, fp32) against the numpy reference, through onnx.reference."""
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from stream_mla.models import ModelSpec
@@ -14,19 +12,12 @@ from stream_mla.workloads.counts import metadata
 from stream_mla.workloads.weights import canonical_weights
 
 import reference
+from graph_eval import run
 
 SEED = 7
-MLA_SCHEMES = tuple(s for s in registry.NAMES if not registry.get(s).is_baseline)
+MLA_SCHEMES = tuple(s for s, r in registry.REGISTRY.items() if r.family == "mla" and "mla" in r.applies_to)
+# mla-sparse (DSA models only) has its own numeric test with a fixed selection, tests/test_sparse.py
 BASELINES = tuple(s for s in registry.NAMES if registry.get(s).is_baseline)
-
-
-def run(model: onnx.ModelProto, feeds: dict, extra: list[str]) -> dict:
-    """Evaluate the graph, also returning the named intermediate tensors."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in extra)
-    names = [o.name for o in m.graph.output]
-    return dict(zip(names, ReferenceEvaluator(m).run(None, feeds), strict=True))
 
 
 def heads_major(a):  # [B, T, H, d] -> [B, H, T, d]
@@ -39,7 +30,7 @@ def check(spec, x_all, expected_y, caches, expected_writes):
     feeds = {"x": x_all[:, -n_q:].astype(np.float32)}
     if spec.phase == "decode":
         feeds.update({i.name: caches[i.name] for i in model.graph.input if i.name != "x"})
-    writes = [t for t, _ in metadata(model)["kv_write"]]
+    writes = [t for t, *_ in metadata(model)["kv_write"]]
     out = run(model, feeds, writes)
     y = out[model.graph.output[0].name]
     np.testing.assert_allclose(y, expected_y, rtol=2e-4, atol=2e-5)

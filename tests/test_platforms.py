@@ -29,6 +29,8 @@ TABLE = {
     "tpu-v5e-like": (196.6, 240, 4368, 1.5, 64 * 2**20, 4),
     "h100-like": (989.4, 295, 14645, 1.83, 50e6, 4),
     "h20-like": (148, 37, 28344, 1.129, 60e6, 4),
+    "h800-like": (989.4, 295, 14645, 1.83, 50e6, 4),  # H800 SXM5: H100 compute and memory system
+    "h200-like": (989.4, 206, 20984, 1.83, 50e6, 4),  # H200 SXM5: 4.8 TB/s HBM3e
 }
 
 USER_YAML = """\
@@ -68,6 +70,9 @@ def test_preset_shapes() -> None:
     assert (tpu.cores, tpu.rows, tpu.cols) == (4, 128, 128)
     assert PRESETS["h100-like"].peak_macs_per_cycle == 132 * 2048
     assert PRESETS["h20-like"].peak_macs_per_cycle == 65536
+    for name in ("h800-like", "h200-like"):  # the H100 die
+        assert PRESETS[name].peak_macs_per_cycle == 132 * 2048
+        assert PRESETS[name].precisions == PRESETS["h100-like"].precisions == {"bf16": 1, "fp8": 2, "int8": 2}
     assert load_platform("edge-npu") is PRESETS["edge-npu"]
 
 
@@ -156,6 +161,24 @@ def test_zigzag_yaml_validates(name: str) -> None:
     dram = acc["memories"]["dram"]
     assert dram["r_cost"] == pytest.approx(p.dram_pj_per_bit * dram["ports"][0]["bandwidth_max"])
     assert acc["operational_array"]["sizes"] == [p.rows, p.cols]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_register_files_in_yaml(name: str) -> None:
+    """rf_w/rf_o hold rf_weight_words operand words and rf_output_words fp32 partial sums per PE, read and written one
+    word at a time (the per-access energy is one word's, whatever the depth); both engines get the same levels."""
+    p = PRESETS[name]
+    mems = zigzag_accelerator(p)["memories"]
+    assert list(mems) == ["rf_w", "rf_o", "sram", "dram"]
+    assert stream_hardware(p)["cores"][0]["memories"] == {k: v for k, v in mems.items() if k != "dram"}
+    rf_w, rf_o = mems["rf_w"], mems["rf_o"]
+    assert rf_w["size"] == p.rf_weight_words * p.element_bits and rf_o["size"] == p.rf_output_words * 32
+    assert {port["bandwidth_max"] for port in rf_w["ports"]} == {p.element_bits}
+    assert {port["bandwidth_max"] for port in rf_o["ports"]} == {32}
+    assert rf_w["r_cost"] == pytest.approx(p.rf_pj_per_bit * p.element_bits)
+    assert rf_w["served_dimensions"] == rf_o["served_dimensions"] == []  # one per PE
+    wide = p.at_precision("fp8") if "fp8" in p.mac_rate else p
+    assert zigzag_accelerator(wide)["memories"]["rf_w"]["size"] == p.rf_weight_words * wide.element_bits
 
 
 def _gemv_onnx(path: Path) -> None:

@@ -3,9 +3,7 @@ Counts against the closed forms in closed_forms.py (typed in from the spec, inde
 numerically equal (onnx.reference) to the same part of the full layer."""
 
 import numpy as np
-import onnx
 import pytest
-from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
 from stream_mla.cli import main
@@ -15,6 +13,7 @@ from stream_mla.workloads import build, make_spec, registry
 from stream_mla.workloads.counts import count
 
 import closed_forms as cf
+from graph_eval import run
 
 LLAMA = ModelSpec(name="llama-like", d_model=4096, heads=32, kv_heads=8, head_dim=128)
 MODELS = {**{k: PRESETS[k] for k in ("deepseek-v3", "deepseek-v2", "deepseek-v2-lite")}, "llama-like": LLAMA}
@@ -132,15 +131,7 @@ def _layer_name(inp: str, scheme: str) -> str:
     return special or inp
 
 
-def _run(model: onnx.ModelProto, feeds: dict, extra: list[str]) -> dict:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    m.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in extra)
-    names = [o.name for o in m.graph.output]
-    return dict(zip(names, ReferenceEvaluator(m).run(None, feeds), strict=True))
-
-
-@pytest.mark.parametrize("scheme", [s for s in registry.NAMES if s != "gqa"] + ["gqa"])
+@pytest.mark.parametrize("scheme", registry.applicable(TINY_MLA))  # mla-sparse: tests/test_sparse.py
 @pytest.mark.parametrize(("batch", "context", "queries"), [(1, 5, 1), (2, 6, 3)])
 def test_core_is_the_layers_attention(scheme, batch, context, queries):
     m = TINY_GQA if registry.get(scheme).is_baseline else TINY_MLA
@@ -152,7 +143,21 @@ def test_core_is_the_layers_attention(scheme, batch, context, queries):
              for i in layer.graph.input}  # fmt: skip
     core_inputs = [i.name for i in core.graph.input]
     wanted = [_layer_name(i, scheme) for i in core_inputs if _layer_name(i, scheme) not in feeds] + ["ctx_o"]
-    out = _run(layer, feeds, wanted)
+    out = run(layer, feeds, wanted)
     core_feeds = {i: (feeds | out)[_layer_name(i, scheme)] for i in core_inputs}
     got = ReferenceEvaluator(core).run(None, core_feeds)[0]
     np.testing.assert_allclose(got, out["ctx_o"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["mha", "mla-absorb", "mla-recompute"])
+@pytest.mark.parametrize(("context", "queries", "window"), [(64, 1, 16), (64, 3, 16)])
+def test_windowed_graph_is_the_plain_graph_over_the_window(scheme, context, queries, window):
+    """A window W changes which entries are read (the last W + Q - 1), not the computation: the graph equals the
+    plain graph over that many entries, node for node (so it is numerically the reference's attention over them)."""
+    m = TINY_GQA if registry.get(scheme).is_baseline else TINY_MLA
+    windowed = build(make_spec(model=m, scheme=scheme, context=context, queries=queries, window=window), seed=1)
+    plain = build(make_spec(model=m, scheme=scheme, context=window + queries - 1, queries=queries), seed=1)
+    for g in (windowed, plain):
+        del g.metadata_props[:]
+        g.graph.name = ""
+    assert windowed.SerializeToString() == plain.SerializeToString()

@@ -1,16 +1,36 @@
 """One entry point over both engines: `evaluate(workload, platform, engine) -> Result`.
 
-Each engine run happens in its own spawned process with a timeout and its own output folder, so a hung
-solve or a crash inside an engine never takes the caller down, and engine logging stays in that process.
+Each engine run happens in its own process (a fresh interpreter) with a timeout and its own output folder, so a
+hung solve or a crash inside an engine never takes the caller down, and engine logging stays in that process.
+The process is started as `python -c ...`, not by multiprocessing's spawn, which re-imports the caller's main
+module: evaluate() then works from a plain script without an `if __name__ == "__main__":` guard. It runs in
+its own session (Ctrl-C reaches the caller, which stops it), and it dies with its caller, even after `kill -9`.
 """
 
-import multiprocessing
+import contextlib
+import ctypes
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 import traceback
 from pathlib import Path
 
 from stream_mla.engines.hardware import Hardware
-from stream_mla.engines.result import ENERGY_COMPONENTS, STREAM_STRATEGIES, EngineError, NodeResult, Result
+from stream_mla.engines.result import (
+    AUTO_STRATEGIES,
+    ENERGY_COMPONENTS,
+    STREAM_STRATEGIES,
+    EngineError,
+    NodeResult,
+    Result,
+)
 from stream_mla.errors import SpecError
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.workloads import WorkloadSpec, compute_precision, export
@@ -45,7 +65,7 @@ def run_engine(engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strate
     if engine == "stream":
         from stream_mla.engines.stream_runner import evaluate_stream
 
-        return evaluate_stream(onnx_path, hw, workdir, STREAM_STRATEGIES if strategy == "auto" else (strategy,))
+        return evaluate_stream(onnx_path, hw, workdir, AUTO_STRATEGIES if strategy == "auto" else (strategy,))
     if hw.platform is None:
         raise SpecError("--engine zigzag needs a platform spec (--platform), not a raw Stream --hardware YAML")
     from stream_mla.engines.zigzag_runner import evaluate_zigzag
@@ -53,16 +73,98 @@ def run_engine(engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strate
     return evaluate_zigzag(onnx_path, hw.platform, workdir)
 
 
-def _child(conn, engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strategy: str) -> None:
+def _run_job(engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strategy: str) -> tuple[str, object]:
+    """(status, payload) of one engine run; never raises."""
     try:
-        conn.send(("ok", run_engine(engine, onnx_path, hw, workdir, strategy)))
+        return "ok", run_engine(engine, onnx_path, hw, workdir, strategy)
     except SpecError as exc:
-        conn.send(("spec", str(exc)))
+        return "spec", str(exc)
     except EngineError as exc:
-        conn.send(("error", str(exc)))
+        return "error", str(exc)
     except Exception as exc:  # reported to the parent as one line, with the trace saved in the run folder
         (workdir / "error.txt").write_text(traceback.format_exc())
-        conn.send(("error", f"{exc.__class__.__name__}: {exc}"))
+        return "error", f"{exc.__class__.__name__}: {exc}"
+
+
+# --- the engine process -------------------------------------------------------------------------------------
+# The child imports nothing of the caller's script: its import path is the caller's (as spawn would set it),
+# its job comes pickled on stdin, and its (status, payload) goes back in a file of the run folder.
+_CHILD_CODE = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); import stream_mla.engines as e; e._child()"
+RESULT_FILE = ".engine-result.pickle"
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def live_engine_processes() -> set[subprocess.Popen]:
+    """The engine processes that evaluate() calls of this process (any thread) are running now."""
+    with _live_lock:
+        return set(_live)
+
+
+def _child() -> None:
+    _die_with_parent(int(sys.argv[2]))
+    try:
+        job = pickle.load(sys.stdin.buffer)
+    except (EOFError, pickle.UnpicklingError):  # the caller went away before sending the job
+        os._exit(1)
+    out = job["workdir"] / RESULT_FILE
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(_run_job(**job)))
+    os.replace(tmp, out)  # the caller sees a whole result or none
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the engines' interpreter teardown
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this process when its caller (pid `parent`) dies, so that `kill -9` of a sweep leaves no engine
+    running: at once on Linux (PR_SET_PDEATHSIG), else within half a second (a watchdog thread). The caller may
+    have died while this interpreter was starting: then the parent is already someone else, and it exits now."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
+def _run_in_process(job: dict, timeout_s: float, what: str) -> tuple[str, object]:
+    """Run `job` (the arguments of _run_job) in a fresh engine process; kill it after `timeout_s`, and whenever
+    the caller stops waiting (an exception, Ctrl-C)."""
+    out = job["workdir"] / RESULT_FILE
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-c", _CHILD_CODE, json.dumps(sys.path), str(os.getpid())]
+    # Its own session: Ctrl-C at the terminal reaches the caller only, which then kills this process (an
+    # interrupted engine would print its own traceback). Its stdout goes to stderr: `run --json` stays clean.
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=sys.__stderr__ or subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    with _live_lock:
+        _live.add(proc)
+    try:
+        with contextlib.suppress(BrokenPipeError):  # a child that died at once is reported below
+            proc.stdin.write(pickle.dumps(job))
+            proc.stdin.close()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise EngineError(f"{what} timed out after {timeout_s:g} s") from None
+    finally:
+        proc.kill()  # a no-op once it has exited
+        proc.wait()
+        with _live_lock:
+            _live.discard(proc)
+    if not out.is_file():
+        raise EngineError(f"{what}: the engine process died (exit code {proc.returncode})")
+    try:
+        return pickle.loads(out.read_bytes())
+    finally:
+        out.unlink(missing_ok=True)
 
 
 def evaluate(
@@ -80,10 +182,13 @@ def evaluate(
     platform: a preset name, a platform YAML, a PlatformSpec, or a Hardware (e.g. from a raw Stream YAML). A
     workload precision left unset follows the platform's native one; the engines see the platform's peak at the
     workload's compute precision (an unsupported one is a SpecError naming both).
-    strategy: Stream only; "auto" tries keep-softmax, per-layer, then the fixed mapping; a name runs just that one.
+    strategy: Stream only; "auto" runs each of AUTO_STRATEGIES and keeps the fastest valid one (the result names it
+    and records what each gave); a name runs just that one.
     """
     if engine not in ENGINES:
         raise SpecError(f"--engine: {engine!r} (allowed: {', '.join(ENGINES)})")
+    if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise SpecError(f"--timeout: must be a positive number of seconds (got {timeout_s!r})")
     if strategy != "auto" and (engine != "stream" or strategy not in STREAM_STRATEGIES):
         allowed = ("auto", *STREAM_STRATEGIES) if engine == "stream" else ("auto",)
         raise SpecError(f"--strategy: {strategy!r} for {engine} (allowed: {', '.join(allowed)})")
@@ -95,22 +200,9 @@ def evaluate(
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"stream-mla-{engine}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     onnx_path = export(workload, workdir / f"{workload.slug}.onnx") if isinstance(workload, WorkloadSpec) else workload
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no engine state shared between runs
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=_child, args=(child, engine, onnx_path.resolve(), hw, workdir.resolve(), strategy), daemon=True
-    )
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(timeout_s):
-            raise EngineError(f"{engine} on {hw.name}: {onnx_path.stem} timed out after {timeout_s:.0f} s")
-        status, payload = parent.recv()
-    except EOFError:
-        raise EngineError(f"{engine} on {hw.name}: {onnx_path.stem}: the engine process died") from None
-    finally:
-        proc.kill()
-        proc.join()
+    job = {"engine": engine, "onnx_path": onnx_path.resolve(), "hw": hw, "workdir": workdir.resolve(),
+           "strategy": strategy}  # fmt: skip
+    status, payload = _run_in_process(job, timeout_s, f"{engine} on {hw.name}: {onnx_path.stem}")
     if status == "spec":
         raise SpecError(payload)
     if status == "error":

@@ -14,12 +14,22 @@ reader (`x_view__for_a`); one on a single path keeps its name.
 
 The rewrite is for Stream only: the analytic counts (`stream_mla.workloads.counts`) read the original graph, where a
 copy would count as one more cache.
+
+A copy per reader is also a DRAM read per reader. Inside one fused group whose readers tile none of the input's
+reduced dims (the fused attention core: the shared MLA latent read as keys by the scores and as values by the
+context), the truncation does not arise and one read is what a kernel does, so `split_shared_inputs(keep=...)` leaves
+those inputs shared. Stream 2.1.1 then still gives each reader its own transfer when the input has an axis of extent
+one (`_Lowering._reader_walks`, stream/allocation/lowering.py: an axis both readers index at the constant 0 counts
+as "no shared dim", so the readers are not grouped), which reads the latent twice (measured: V3 absorb L = 32k on
+h100-like, 71.6 MB instead of 37.7 MB). `squeeze_unit_axes` gives such an input without its unit axes (a Reshape view
+restores the shape its readers see), and the readers share one transfer.
 """
 
 from collections import Counter
 from dataclasses import dataclass
 
 import onnx
+from onnx import helper
 
 COPY_TAG = "__for_"
 # The ops Stream folds into their readers (stream/parser/onnx/layout.py: LAYOUT_OPS)
@@ -36,8 +46,9 @@ class ReadPath:
     slot: int
 
 
-def split_shared_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` where each reader of a graph input read by several nodes has its own copy of that input.
+def split_shared_inputs(model: onnx.ModelProto, keep: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """A copy of `model` where each reader of a graph input read by several nodes has its own copy of that input
+    (except the inputs named in `keep`, which stay shared).
 
     Pure: `model` is not changed, and a graph without shared inputs comes back equal to it.
     """
@@ -45,7 +56,34 @@ def split_shared_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     fixed.CopyFrom(model)
     graph = fixed.graph
     for name in shared_inputs(model):
-        give_each_reader_a_copy(graph, name, read_paths(graph, name))
+        if name not in keep:
+            give_each_reader_a_copy(graph, name, read_paths(graph, name))
+    return fixed
+
+
+UNIT_TAG = "__squeezed"
+
+
+def squeeze_unit_axes(model: onnx.ModelProto, names: tuple[str, ...]) -> onnx.ModelProto:
+    """A copy of `model` where each graph input in `names` that has an axis of extent one (and another that has not)
+    is given without its unit axes, as `<name>__squeezed`, and a Reshape view named after the input restores its shape
+    for the readers (Stream folds the view into them). Pure, like `split_shared_inputs`."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    graph = fixed.graph
+    for position, graph_input in enumerate(list(graph.input)):
+        dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+        if graph_input.name not in names or 1 not in dims or set(dims) == {1}:
+            continue
+        name, source = graph_input.name, graph_input.name + UNIT_TAG
+        shape = helper.make_tensor(f"{source}_shape", onnx.TensorProto.INT64, [len(dims)], dims)
+        graph.initializer.append(shape)
+        graph.node.insert(0, helper.make_node("Reshape", [source, shape.name], [name], name=f"{name}_view"))
+        graph.value_info.append(renamed(graph_input, name))
+        kept = [d for d in dims if d != 1]
+        squeezed = helper.make_tensor_value_info(source, graph_input.type.tensor_type.elem_type, kept)
+        del graph.input[position]
+        graph.input.insert(position, squeezed)
     return fixed
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from stream_mla.errors import SpecError
+from stream_mla.errors import SpecError, read_document
 from stream_mla.platforms import PlatformSpec, stream_hardware
 
 
@@ -61,12 +61,14 @@ class Hardware:
     def from_stream_yaml(cls, path: str | Path, clock_ghz: float = 1.0, static_power_w: float = 0.0) -> "Hardware":
         """A user's Stream hardware YAML: peak from the MatMul-capable cores, DRAM from the off-chip core."""
         path = Path(path)
-        try:
-            hw = yaml.safe_load(path.read_text())
-            cores = {int(k): v if isinstance(v, dict) else yaml.safe_load(core_file(path, v).read_text())
+        try:  # the strict reader: duplicate keys, aliases and oversized files are one line, as for every user file
+            hw = read_document(path, "Stream hardware YAML")
+            cores = {int(k): v if isinstance(v, dict) else read_document(core_file(path, v), "Stream core YAML")
                      for k, v in hw["cores"].items()}  # fmt: skip
             offchip = cores[int(hw["offchip_core_id"])]
-        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        except SpecError:  # the file itself is unreadable: its own one line
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise SpecError(
                 f"--hardware: {path} is not a Stream hardware YAML ({exc.__class__.__name__}: {exc})"
             ) from None

@@ -14,8 +14,14 @@ class EngineError(RuntimeError):
     """An engine run failed (infeasible, timed out, or crashed); the message is one readable line."""
 
 
-# Stream strategies in the order "auto" tries them (engines.md §6)
-STREAM_STRATEGIES = ("keep-softmax", "per-layer", "fixed-mapping")
+# Stream strategies, each a series of its own in sweeps (`stream:<strategy>`; engines.md §6, §16):
+# keep-softmax / per-layer: Stream's generic mapper with a cut after every layer (keep-softmax keeps a Softmax's
+# pieces together); fixed-mapping: one group per layer, tiled to fit (stream_mapping.py); fused-attention: the
+# fixed mapping with the attention core of a split-KV graph as one fused group; default-fusion: Stream's own
+# whole-graph fusion (slow: 10-130 s a point).
+STREAM_STRATEGIES = ("keep-softmax", "per-layer", "fixed-mapping", "fused-attention", "default-fusion")
+# What "auto" searches: every one of these runs under the guard, and the fastest valid result is returned
+AUTO_STRATEGIES = ("keep-softmax", "fixed-mapping", "fused-attention", "default-fusion")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,9 @@ class Result:
     engine_wall_s: float
     nodes: list[NodeResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # what each strategy the run tried gave: name -> {status: ok | infeasible | below physics | error | skipped, and
+    # for a run that gave a number latency_cycles, roofline_ratio, engine_dram_bytes, dram_ratio; wall_s; note}
+    strategies: dict[str, dict] = field(default_factory=dict)
 
     @property
     def latency_s(self) -> float:

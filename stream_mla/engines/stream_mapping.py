@@ -1,5 +1,6 @@
-"""A fixed Stream mapping for one workload on one accelerator: the last fallback when the generic mapper cannot
-place the tensors (engines.md §4, §6 fix 4).
+"""Fixed Stream mappings for one workload on one accelerator (engines.md §4, §6 fix 4, §16.2): the per-layer fixed
+mapping (the fallback when the generic mapper cannot place the tensors) and the fused-attention mapping built on it
+(`fused_attention_mapping`, at the end of this module).
 
 One fused group per layer, in dataflow order. A layer runs on every core that executes its operator (MatMuls on the
 matrix cores, split across them along their largest output dim that divides, else the largest dim that does; vector
@@ -12,12 +13,29 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import yaml
 from stream.frontends import load_workload
+from stream.parser.onnx.elementwise import ElementwiseParser
+from stream.parser.onnx.model import onnx_parser_for, register_onnx_parser
 from stream.workload.node import HasIterationSpace, NormalizationNode
 from xdsl.ir.affine import AffineDimExpr
 
+from stream_mla.engines.graph_fix import COPY_TAG
+
 MATRIX_OPS = ("MatMul", "Gemm", "Einsum", "Conv")
+# Elementwise ops our graphs use that Stream 2.1.1 ships no parser for (engines.md §5.5): the split-KV graphs' Exp
+EXTRA_ELEMENTWISE = ("Exp",)
+
+
+def register_parsers() -> None:
+    """Give Stream a parser for each of EXTRA_ELEMENTWISE (once per process; a parser already there is kept)."""
+    for op in EXTRA_ELEMENTWISE:
+        if onnx_parser_for(op) is None:
+            register_onnx_parser(op, ElementwiseParser)
+
+
+register_parsers()  # every Stream call of this package imports this module first
 
 
 class MappingError(ValueError):
@@ -123,4 +141,221 @@ def fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int
 
 def write_fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, path: Path) -> Path:
     path.write_text(yaml.safe_dump(fixed_mapping(onnx_path, stream_hw, bytes_per_element), sort_keys=False))
+    return path
+
+
+# ---- the fused attention core (engines.md §16.2) ---------------------------------------------------------------
+# One fused group per attention core: its score products, their sum, the softmax (a split-KV graph's per-chunk
+# statistics, split_kv.py), the context product and the split-KV combine, with the re-projections that read the cache
+# (mla-recompute's k_up/v_up). The combine stays in the group: Stream 2.1.1 cannot hand a tensor that a group also
+# reads itself (the per-chunk max) to another group ("Currently only support single destination for constant output
+# transfer", stream/allocation/lowering.py), and on-chip is where a one-kernel split attention keeps its partials.
+# Matrix nodes run on every matrix core, split along the chunks (each core holds only its chunks of the cache); the
+# softmax pieces and elementwise ops on the vector core(s). The group is tiled in time to one chunk per core at a
+# time (as a split kernel walks them), then until a tile fits on-chip: first along the dims that index the cache
+# (batch, K/V heads), then along the query rows of one K/V head (a latent chunk serves all h heads, so a tile of them
+# reads the chunk again).
+COMBINE_PREFIX = "combine"
+
+
+def _graph_nodes(onnx_path: str | Path) -> tuple[list, dict[str, list], dict[str, object]]:
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    return list(g.node), readers, {o: n for n in g.node for o in n.output}
+
+
+def attention_core(onnx_path: str | Path) -> tuple[list[str], list[str]]:
+    """(core, combine): the compute nodes of the graph's attention core and of its split-KV combine (empty for a
+    plain graph), by name. The core is every node that depends on a cache input and feeds the context product
+    (the MatMul reading the softmax, or a split-KV graph's per-chunk probabilities)."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes, readers, producer = _graph_nodes(onnx_path)
+    caches = cache_inputs(model)
+    probs = next((n for n in nodes if n.op_type == "Softmax" or n.name == "chunk_p"), None)
+    if probs is None:
+        raise MappingError("fused-attention: the graph has no softmax (no attention core to fuse)")
+    ctx = next(r for r in _through_views(probs.output[0], readers) if r.op_type == "MatMul")
+    from_cache, stack = set(), list(caches)
+    while stack:  # every node downstream of a cache input
+        for n in readers.get(stack.pop(), []):
+            if n.name not in from_cache:
+                from_cache.add(n.name)
+                stack.extend(n.output)
+    feeds, stack = set(), [ctx]
+    while stack:  # ctx and every node upstream of it
+        n = stack.pop()
+        if n.name in feeds:
+            continue
+        feeds.add(n.name)
+        stack.extend(producer[t] for t in n.input if t in producer)
+    inside = from_cache & feeds
+    after, stack = set(), list(ctx.output)
+    while stack:  # every node downstream of ctx
+        for n in readers.get(stack.pop(), []):
+            if n.name not in after:
+                after.add(n.name)
+                stack.extend(n.output)
+    for n in nodes:  # statistics of the core nothing downstream of ctx reads first (a split-KV chunk's l_c)
+        sources = [producer[t] for t in n.input if t in producer]
+        first = n.name not in after and n.op_type != "MatMul" and not n.name.startswith(COMBINE_PREFIX)
+        if first and sources and all(m.name in inside for m in sources):
+            inside.add(n.name)
+    core = [n.name for n in nodes if n.name in inside and n.op_type not in LAYOUT_OPS]
+    combine = [n.name for n in nodes if n.name.startswith(COMBINE_PREFIX) and n.op_type not in LAYOUT_OPS]
+    return core, combine
+
+
+LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def cache_inputs(model) -> list[str]:
+    """The graph inputs that are KV cache (not activations such as x or a core's queries, nor weights), by name."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    activations = set(yaml.safe_load(meta.get("stream_mla.activation_inputs", '["x"]')))
+    weights = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name.split(COPY_TAG)[0] not in activations | weights]
+
+
+def _through_views(tensor: str, readers: dict[str, list]) -> list:
+    out = []
+    for n in readers.get(tensor, []):
+        out += _through_views(n.output[0], readers) if n.op_type in LAYOUT_OPS else [n]
+    return out
+
+
+def _operand_dims(wl, node) -> list[list]:
+    """Per operand of a Stream node, the unique dims that index it."""
+    dims = wl.get_dims(node)
+    return [[dims[e.position] for e in amap.results if isinstance(e, AffineDimExpr)] for amap in node.operand_mapping]
+
+
+def _group_footprint(wl, nodes, extent: dict, split: dict, bytes_per_element: int, per_core: bool) -> int:
+    """Bytes of one tile of every distinct tensor the nodes touch (per matrix core: split dims divided)."""
+    seen: dict[str, int] = {}
+    for node in nodes:
+        for tensor, dims in zip(node.tensors, _operand_dims(wl, node), strict=True):
+            size = math.prod(extent[d] // (split.get(d, 1) if per_core else 1) for d in dict.fromkeys(dims))
+            seen[tensor.name] = max(seen.get(tensor.name, 0), size)
+    return sum(seen.values()) * bytes_per_element
+
+
+def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int,
+                            extra_halvings: int = 0) -> dict:  # fmt: skip
+    """The fixed mapping with the attention core as one fused group (and a split-KV combine as another).
+    extra_halvings: halve the tile that many more times than the footprint estimate needs (a retry after Stream
+    found the estimated tile too big)."""
+    mapping = fixed_mapping(onnx_path, stream_hw, bytes_per_element)
+    core, combine = attention_core(onnx_path)
+    wl = load_workload(str(onnx_path))
+    by_name = {n.name: n for n in wl.dataflow_sort() if isinstance(n, HasIterationSpace)}
+    missing = [n for n in (*core, *combine) if n not in by_name]
+    if missing:
+        raise MappingError(f"fused-attention: Stream's workload lacks {missing}")
+    cores = compute_cores(stream_hw)
+    matrix = cores_for("MatMul", cores)
+    members = [by_name[n] for n in (*core, *combine)]
+    on_matrix = [n for n in members if n.type in MATRIX_OPS]
+    on_vector = [n for n in members if n.type not in MATRIX_OPS]
+    stats = by_name.get("chunk_m") or next(n for n in on_vector if isinstance(n, NormalizationNode))
+    sizes = {d: wl.get_dimension_size(d) for n in members for d in wl.get_dims(n)}
+    stats_dims = wl.get_dims(stats)
+    parallel = list(dict.fromkeys(d for d in _operand_dims(wl, stats)[-1] if sizes[d] > 1))
+    chunk = _reduced_dim(wl, by_name["combine_m"]) if "combine_m" in by_name else None
+    if isinstance(stats, NormalizationNode):  # a Softmax keeps its reduced axis whole
+        parallel = [d for d in parallel if stats_dims.index(d) not in stats.reduction_axes]
+    heads = [d for d in parallel if d != chunk]
+    caches = set(cache_inputs(onnx.load(str(onnx_path), load_external_data=False)))
+    # dims that index the cache a matrix node reads: a tile of them reads its own part of the cache; a tile of the
+    # others (query rows sharing a K/V head, e.g. all h heads of the MLA latent) reads the same cache chunk again
+    per_cache = {d for n in on_matrix for t, dims in zip(n.tensors, _operand_dims(wl, n), strict=True)
+                 if t.name in caches for d in dims}  # fmt: skip
+    # split over the matrix cores: along the chunks, else along the largest parallel dim that divides
+    split_dim = chunk if chunk is not None and sizes[chunk] % len(matrix) == 0 else None
+    if split_dim is None and len(matrix) > 1:
+        split_dim = max((d for d in heads if sizes[d] % len(matrix) == 0), key=sizes.get, default=None)
+        if split_dim is None:
+            raise MappingError(f"fused-attention: no attention dim of {sizes.values()} divides over {len(matrix)} "
+                               "matrix cores")  # fmt: skip
+    split = {split_dim: len(matrix)} if split_dim is not None and len(matrix) > 1 else {}
+    layers = {entry["name"]: entry for entry in mapping["layers"]}
+    for node in on_matrix:
+        entry = {"name": node.name, "core_allocation": [[c.id for c in matrix]]}
+        if split:
+            entry["inter_core_tiling"] = [[{"dim": f"D{wl.get_dims(node).index(split_dim)}", "split": len(matrix)}]]
+        layers[node.name] = entry
+    for node in on_vector:  # the vector cores, as the fixed mapping places them
+        layers[node.name] = layer_mapping(node, cores, bytes_per_element)[0]
+    # temporal tiles: halve chunks, then the dims that index the cache (batch, K/V heads; largest first), then the
+    # rest (query rows of one K/V head, largest first), until both sides fit
+    extent = dict(sizes)
+    order = ([chunk] if chunk is not None else []) + sorted(heads, key=lambda d: (d not in per_cache, -sizes[d]))
+    budget_m = min(c.memory_bytes for c in matrix) // 2
+    vector = [c for c in cores if c not in matrix] or matrix
+    budget_v = min(c.memory_bytes for c in vector) // 2
+
+    def fits() -> bool:
+        return (_group_footprint(wl, on_matrix, extent, split, bytes_per_element, True) <= budget_m
+                and _group_footprint(wl, on_vector, extent, split, bytes_per_element, False) <= budget_v)  # fmt: skip
+
+    halvings = extra_halvings
+    while not fits() or halvings > 0 or (chunk is not None and extent[chunk] > split.get(chunk, 1)):
+        if fits() and (chunk is None or extent[chunk] == split.get(chunk, 1)):
+            halvings -= 1
+        dim = next((d for d in order if extent[d] > split.get(d, 1)), None)
+        if dim is None:
+            raise MappingError(f"fused-attention: the attention core's smallest tile does not fit ({', '.join(core)})")
+        extent[dim] = _halve(extent[dim] // split.get(dim, 1)) * split.get(dim, 1)
+    anchor = on_matrix[0]
+    tiling = []
+    for d in reversed(order):  # innermost first: heads inside chunks, so a chunk stays while its heads run
+        if extent[d] != sizes[d]:
+            host = anchor if d in wl.get_dims(anchor) else next(n for n in members if d in wl.get_dims(n))
+            tiling.append({"dim": f"{host.name}.D{wl.get_dims(host).index(d)}", "tile": extent[d] // split.get(d, 1)})
+    mapping["layers"] = list(layers.values())
+    merged = [("attention", core + combine, tiling)]
+    mapping["fused_groups"] = _merged_groups(mapping["fused_groups"], merged, by_name)
+    return mapping
+
+
+def _reduced_dim(wl, node):
+    """The one dim a reduction node reduces (not indexing its output)."""
+    out = set(_operand_dims(wl, node)[-1])
+    reduced = [d for d in wl.get_dims(node) if d not in out and wl.get_dimension_size(d) > 1]
+    if len(reduced) != 1:
+        raise MappingError(f"fused-attention: {node.name} reduces {len(reduced)} dims, expected the chunks")
+    return reduced[0]
+
+
+def _merged_groups(groups: list[dict], merged: list[tuple[str, list[str], list[dict]]], by_name: dict) -> list[dict]:
+    """`groups` (one per layer) with each (name, members, tiling) of `merged` as one group, in an order every
+    producer precedes its readers in (a stable topological sort on the groups, by their first layer's place)."""
+    owner = {m: name for name, members, _ in merged for m in members}
+    out: dict[str, dict] = {}
+    for g in groups:
+        layer = g["layers"][0]
+        key = owner.get(layer, layer)
+        if key not in out:
+            members, tiling = next(((m, t) for n, m, t in merged if n == key), ([layer], g["intra_core_tiling"]))
+            out[key] = {"name": key, "layers": [x for x in (gg["layers"][0] for gg in groups) if x in members],
+                        "intra_core_tiling": tiling}  # fmt: skip
+    produced = {t.name: owner.get(n, n) for n, node in by_name.items() for t in node.outputs}
+    needs = {k: {produced[t.name] for m in g["layers"] for t in by_name[m].inputs if t.name in produced} - {k}
+             for k, g in out.items()}  # fmt: skip
+    order, done = list(out), []
+    while order:
+        ready = next((k for k in order if needs[k] <= set(done)), None)
+        if ready is None:
+            raise MappingError(f"fused-attention: the groups {order} depend on each other")
+        done.append(ready)
+        order.remove(ready)
+    return [out[k] for k in done]
+
+
+def write_fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, path: Path,
+                                  extra_halvings: int = 0) -> Path:  # fmt: skip
+    doc = fused_attention_mapping(onnx_path, stream_hw, bytes_per_element, extra_halvings)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -1,11 +1,17 @@
 """Run Stream 2.1.1 on one graph and one accelerator, and read every number off all fused groups.
 
-Strategies, tried in order until one is feasible (engines.md §6): cuts after every layer that keep a Softmax's
-pieces together (default-fusion cycles at per-layer speed), then plain per-layer cuts (every Softmax piece
-round-trips DRAM, pessimistic), then a fixed mapping that tiles each layer to fit its cores' memory
-(`stream_mapping.py`; it costs a Softmax as one node). The strategy that gave the result is recorded with it:
-points from different strategies are not comparable to within a few percent (trap 8). `default-fusion` (Stream's own
-whole-graph fusion) is not in that order (10-130 s a point); `evaluate_stream` runs it when asked by name.
+Strategies (engines.md §6, §16; `result.STREAM_STRATEGIES`): cuts after every layer that keep a Softmax's pieces
+together (keep-softmax), plain per-layer cuts (every Softmax piece round-trips DRAM, pessimistic), a fixed mapping that
+tiles each layer to fit its cores' memory (`stream_mapping.py`; it costs a Softmax as one node), the fused attention
+core (the fixed mapping with a split-KV graph's attention core as one fused group, split along the chunks over the
+matrix cores: what FlashDecoding/FlashMLA run), and Stream's own whole-graph fusion (default-fusion). `evaluate_stream`
+runs every strategy it is given and returns the fastest one that fits and passes the guard ("auto" searches
+`AUTO_STRATEGIES`); the result names the winner and records what each gave (`Result.strategies`). Points from
+different strategies are not comparable to within a few percent (trap 8).
+
+fused-attention needs a split-KV graph: a plain decode graph (the workload's default, kv_chunks 1) is re-exported
+for it with `split_kv.default_chunks` chunks (one or more per matrix core, each fitting on-chip). The split graph has
+the plain graph's MACs and DRAM bytes, so the result is priced against the same roofline and analytic bytes.
 
 Stream is given the graph with every reader of a shared input reading its own copy (`graph_fix`: Stream 2.1.1's
 fusion otherwise costs a slice of a node, trap 16); the analytic counts read the graph as given. Every run is
@@ -22,6 +28,8 @@ transfer energy (link hops, the on-chip end of each DMA) is `onchip_transfer`.
 import logging
 import pickle
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -32,19 +40,39 @@ from stream.ir.infeasibility import InfeasibleAllocationError
 from stream.workload.node import HasIterationSpace
 from stream.workload.normalization import expand_normalizations
 
-from stream_mla.engines.graph_fix import COPY_TAG, shared_inputs, split_shared_inputs
+from stream_mla.engines.cost_cache import register_stream_backend
+from stream_mla.engines.graph_fix import COPY_TAG, shared_inputs, split_shared_inputs, squeeze_unit_axes
 from stream_mla.engines.hardware import Hardware
-from stream_mla.engines.result import STREAM_STRATEGIES, EngineError, NodeResult, Result
+from stream_mla.engines.result import AUTO_STRATEGIES, EngineError, NodeResult, Result
 from stream_mla.engines.stream_guard import BELOW_PHYSICS, EngineBelowPhysics, coverage_of, coverage_probe, violations
-from stream_mla.engines.stream_mapping import MappingError, write_fixed_mapping
-from stream_mla.workloads.counts import count_file, roofline
+from stream_mla.engines.stream_mapping import (
+    MappingError,
+    attention_core,
+    compute_cores,
+    cores_for,
+    write_fixed_mapping,
+    write_fused_attention_mapping,
+)
+from stream_mla.workloads.counts import count_file, metadata, roofline
 
 SOFTMAX_PARTS = ("_max", "_exp", "_sum", "_div")
 DEFAULT_FUSION = "default-fusion"  # Stream's generic mapper with no cut points
+FUSED_ATTENTION = "fused-attention"
+FUSED_RETRIES = (0, 2)  # extra tile halvings of the fused group: as estimated, then smaller if Stream finds no fit
+# A search runs default-fusion (measured 150 s for V3 absorb L = 4k on h100-like's 8 cores, against 10-30 s for the
+# others) only on platforms of at most this many matrix cores, and only while the best valid result so far is more
+# than SKIP_WITHIN above the roofline (it cannot beat the roofline, so it could gain at most that much)
+EXPENSIVE_MAX_CORES = 1
+SKIP_WITHIN = 1.05
 
 
 class InfeasibleError(EngineError):
     """No strategy fits the workload on the accelerator; the message names platform, layers and memory."""
+
+
+# What Stream 2.1.1 raises on a strategy it cannot lower (e.g. "Currently only support single destination for
+# constant output transfer"): within a search, recorded for that strategy while the others run on
+SEARCH_ERRORS = (AssertionError, NotImplementedError, ValueError, KeyError, RuntimeError)
 
 
 def keep_softmax_cuts(onnx_path: Path) -> list[str]:
@@ -65,17 +93,32 @@ def layer_name(stream_node: str) -> str:
 
 
 def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strategy: str, bytes_per_element: int):
-    """One Stream run of `onnx_path` (the graph Stream is given, see `stream_graph`)."""
+    """(estimate, its output folder): one Stream run of `onnx_path` (the graph Stream is given, see `stream_graph`).
+    Stream's per-node ZigZag cost estimation goes through the persistent cost cache (`cost_cache.py`: a Stream
+    core-cost backend, shared across points and processes, under $STREAM_MLA_CACHE); Stream's own per-run LUT stays
+    in each group folder under `out`."""
+    register_stream_backend()
+    if strategy == FUSED_ATTENTION:
+        out.mkdir(parents=True, exist_ok=True)
+        for extra in FUSED_RETRIES:
+            mapping = write_fused_attention_mapping(onnx_path, hw.stream, bytes_per_element,
+                                                    out / f"fused-attention-{extra}.yaml", extra)  # fmt: skip
+            try:
+                return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out / f"try-{extra}"), mapping=str(mapping),
+                                        options=SolveOptions(artifacts=False)), out / f"try-{extra}"  # fmt: skip
+            except InfeasibleAllocationError:
+                if extra == FUSED_RETRIES[-1]:
+                    raise
     if strategy == "fixed-mapping":
         out.mkdir(parents=True, exist_ok=True)
         mapping = write_fixed_mapping(onnx_path, hw.stream, bytes_per_element, out / "fixed-mapping.yaml")
         return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), mapping=str(mapping),
-                                options=SolveOptions(artifacts=False))  # fmt: skip
+                                options=SolveOptions(artifacts=False)), out  # fmt: skip
     if strategy == DEFAULT_FUSION:
-        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=SolveOptions(artifacts=False))
+        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=SolveOptions(artifacts=False)), out
     cuts = keep_softmax_cuts(onnx_path) if strategy == "keep-softmax" else "per-layer"
     options = SolveOptions(artifacts=False, stage_options={"fusion_cut_points": cuts})
-    return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options)
+    return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options), out
 
 
 def allocated_cores(group: dict, node: str) -> set[int]:
@@ -98,49 +141,163 @@ def in_core_split(out: Path, index: int, group: dict) -> tuple[float, float]:
     return mac, total
 
 
-def stream_graph(onnx_path: Path, workdir: Path) -> Path:
-    """The graph Stream is given: `onnx_path` itself, or a copy where each reader of a shared input has its own."""
+def stream_graph(onnx_path: Path, workdir: Path, fused: bool = False) -> Path:
+    """The graph Stream is given: `onnx_path` itself, or a copy where each reader of a shared input has its own.
+    fused: for the fused-attention mapping, an input only the attention core reads (the MLA latent, read as keys and
+    as values) stays shared, without its unit axes, so the fused group reads it once (graph_fix)."""
     model = onnx.load(str(onnx_path))
-    if not shared_inputs(model):
+    shared = shared_inputs(model)
+    if not shared:
         return onnx_path
+    keep = ()
+    if fused:
+        core = set(attention_core(onnx_path)[0])
+        keep = tuple(name for name, readers in shared.items() if set(readers) <= core)
     path = workdir / f"{onnx_path.stem}.stream.onnx"
-    onnx.save(split_shared_inputs(model), str(path))
+    onnx.save(squeeze_unit_axes(split_shared_inputs(model, keep), keep), str(path))
     return path
 
 
+@dataclass(frozen=True)
+class Cores:
+    """What `split_kv.default_chunks` reads of a platform, for a raw Stream YAML (no PlatformSpec)."""
+
+    cores: int
+    sram_bytes: int
+
+
+def split_kv_graphs(onnx_path: Path, hw: Hardware, workdir: Path) -> Iterator[tuple[Path, int]]:
+    """The graphs fused-attention tries, with their chunks C: for a plain decode graph of a stream-mla workload, the
+    workload re-exported with `default_chunks(spec, platform)` chunks, then with 2 and 4 times as many (smaller
+    chunks, for a core whose tile the estimate let through but the mapping cannot fit); any other graph as it is (C
+    read off the graph). A scheme without a split-KV form runs its plain graph."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    spec_doc = metadata(model).get("spec")
+    chunks = (spec_doc or {}).get("kv_chunks") or 1
+    if not spec_doc or spec_doc.get("phase") != "decode" or chunks > 1:
+        yield onnx_path, chunks
+        return
+    from stream_mla.errors import SpecError
+    from stream_mla.workloads import WorkloadSpec, export
+    from stream_mla.workloads.split_kv import default_chunks
+
+    spec = WorkloadSpec.model_validate(spec_doc)
+    matrix = cores_for("MatMul", compute_cores(hw.stream))
+    platform = hw.platform or Cores(len(matrix), min(c.memory_bytes for c in matrix))
+    first = default_chunks(spec, platform)
+    for chunks in dict.fromkeys(c for c in (first, 2 * first, 4 * first) if spec.keys % c == 0):
+        if chunks == 1:
+            yield onnx_path, 1
+            continue
+        split = spec.model_copy(update={"kv_chunks": chunks})
+        try:
+            path = export(split, workdir / f"{split.slug}.onnx")
+        except SpecError:  # no split-KV form (e.g. mla-sparse): the plain graph
+            yield onnx_path, 1
+            return
+        yield path, chunks
+
+
+def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: Path, split_inputs: bool,
+              bytes_per_element: int) -> tuple[object, Path, dict, str]:  # fmt: skip
+    """(estimate, its folder, counts of the graph Stream ran, note) of the fused-attention strategy: the split-KV
+    graphs of `split_kv_graphs` in turn until one's mapping fits."""
+    failure = None
+    for split, chunks in split_kv_graphs(onnx_path, hw, workdir):
+        given = stream_graph(split, workdir, fused=True) if split_inputs else split
+        try:
+            est, folder = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION, bytes_per_element)
+        except (MappingError, InfeasibleAllocationError) as exc:
+            failure = exc
+            continue
+        return est, folder, count_file(split), f"kv_chunks {chunks}"  # its nodes; MACs and bytes are the given's
+    raise failure
+
+
+def strategy_record(result: Result | None, status: str, wall: float, note: str = "") -> dict:
+    """What one strategy gave, for `Result.strategies`."""
+    record: dict = {"status": status, "wall_s": round(wall, 3)}
+    if result is not None:
+        roof = result.latency_s / result.roofline_bound_s if result.roofline_bound_s else None
+        dram = result.engine_dram_bytes / result.dram_bytes if result.dram_bytes else None
+        record.update(latency_cycles=result.latency_cycles, engine_dram_bytes=result.engine_dram_bytes,
+                      roofline_ratio=roof, dram_ratio=dram)  # fmt: skip
+    if note:
+        record["note"] = note
+    return record
+
+
+def search_skips(strategy: str, hw: Hardware, valid: list[Result]) -> str:
+    """Why a search leaves `strategy` out (empty: it runs): default-fusion on many cores or near the roofline."""
+    if strategy != DEFAULT_FUSION:
+        return ""
+    cores = len(cores_for("MatMul", compute_cores(hw.stream)))
+    if cores > EXPENSIVE_MAX_CORES:
+        return f"{cores} matrix cores (runs on at most {EXPENSIVE_MAX_CORES} in a search; ask for it by name)"
+    best = min((r.latency_s / r.roofline_bound_s for r in valid if r.roofline_bound_s), default=None)
+    if best is not None and best <= SKIP_WITHIN:
+        return f"the best strategy is already {best:.3f}x the roofline"
+    return ""
+
+
 def evaluate_stream(
-    onnx_path: Path, hw: Hardware, workdir: Path, strategies=STREAM_STRATEGIES, split_inputs: bool = True
+    onnx_path: Path, hw: Hardware, workdir: Path, strategies=AUTO_STRATEGIES, split_inputs: bool = True
 ) -> Result:
-    """The first strategy whose run fits and passes the guard. split_inputs=False hands Stream the graph as given,
-    to measure Stream's own behaviour (the guard still runs)."""
+    """Run every strategy in `strategies` and return the fastest one that fits and passes the guard, with what each
+    gave in `Result.strategies` (and each failure in the warnings). split_inputs=False hands Stream the graph as
+    given, to measure Stream's own behaviour (the guard still runs)."""
     onnx_path, workdir = Path(onnx_path), Path(workdir)
     counts = count_file(onnx_path)  # the analytic side reads the graph as given
     graph = stream_graph(onnx_path, workdir) if split_inputs else onnx_path
     hw_yaml = hw.stream_yaml(workdir)
     start = time.perf_counter()
-    failures, below = [], None
+    failures, below, valid, records = [], None, [], {}
     logging.disable(logging.WARNING)  # ZigZag floods the log; degenerate nodes are checked in collect instead
     try:
         for strategy in strategies:
-            out = workdir / f"stream-{strategy}"
+            out, began, note = workdir / f"stream-{strategy}", time.perf_counter(), ""
+            if len(strategies) > 1 and (why := search_skips(strategy, hw, valid)):
+                records[strategy] = strategy_record(None, "skipped", 0.0, why)
+                continue
             try:
+                given_counts, bpe = counts, counts["bytes_per_element"]
                 with coverage_probe():
-                    est = run_strategy(hw, hw_yaml, graph, out, strategy, counts["bytes_per_element"])
+                    if strategy == FUSED_ATTENTION:
+                        est, out, given_counts, note = run_fused(hw, hw_yaml, onnx_path, workdir, out, split_inputs,
+                                                                 bpe)  # fmt: skip
+                    else:
+                        est, out = run_strategy(hw, hw_yaml, graph, out, strategy, bpe)
             except InfeasibleAllocationError as exc:
                 failures.append(describe_infeasible(hw, strategy, exc))
+                records[strategy] = strategy_record(None, "infeasible", time.perf_counter() - began, failures[-1])
                 continue
             except MappingError as exc:
                 failures.append(f"{strategy}: {exc}")
+                records[strategy] = strategy_record(None, "infeasible", time.perf_counter() - began, failures[-1])
                 continue
-            wall = time.perf_counter() - start
-            result = collect(est, out, hw, onnx_path, counts, strategy, wall, failures)
+            except SEARCH_ERRORS as exc:  # a Stream crash on one strategy leaves the others' numbers standing
+                if len(strategies) == 1:
+                    raise
+                failures.append(f"{strategy}: Stream failed ({exc.__class__.__name__}: {str(exc)[:200]})")
+                records[strategy] = strategy_record(None, "error", time.perf_counter() - began, failures[-1])
+                continue
+            result = collect(est, out, hw, onnx_path, given_counts, strategy, time.perf_counter() - start, [])
             found = violations(result, coverage_of(est))
-            if not found:
-                return result
-            failures.append(f"{strategy}: {'; '.join(found)}")  # like a strategy that does not fit: try the next
-            below = (result, tuple(found))
+            wall = time.perf_counter() - began
+            if found:  # like a strategy that does not fit: the others decide
+                failures.append(f"{strategy}: {'; '.join(found)}")
+                why = "; ".join(filter(None, [note, *found]))
+                records[strategy] = strategy_record(result, "below physics", wall, why)
+                below = (result, tuple(found))
+                continue
+            records[strategy] = strategy_record(result, "ok", wall, note)
+            valid.append(result)
     finally:
         logging.disable(logging.NOTSET)
+    if valid:
+        best = min(valid, key=lambda r: r.latency_cycles)  # ties: the earlier strategy
+        warnings = [f"strategy {f}" for f in failures] + best.warnings
+        return replace(best, engine_wall_s=time.perf_counter() - start, warnings=warnings, strategies=records)
     if below is not None:
         raise EngineBelowPhysics(below_message(hw, onnx_path, failures), *below)
     raise InfeasibleError(infeasible_message(hw, onnx_path, failures))

@@ -5,11 +5,12 @@ ZigZag costs each MatMul/Gemm/Conv standalone (engines.md trap 14): inputs come 
 Every other op (Softmax, norms, elementwise) is free (trap 12); the result's warnings say how many there were.
 
 The search is the API's pipeline without its dump/plot stages (§13 lean runner): LOMA only (SALSA is not
-deterministic), nothing written outside `workdir`. Identical layers (equal projections, repeated shapes across
-a sweep) are searched once per process through a memo stage keyed on everything the search depends on.
+deterministic), nothing written outside `workdir` and the cost cache. Identical layers (equal projections, repeated
+shapes across a sweep) are searched once: a memo stage keyed on everything the search depends on answers them from
+this process's memo, else from the persistent cost cache shared by processes (`cost_cache.py`, under
+`$STREAM_MLA_CACHE`), else searches and stores the answer in both.
 """
 
-import hashlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -33,6 +34,7 @@ from zigzag.stages.results.reduce_stages import MinimalEDPStage, MinimalEnergySt
 from zigzag.stages.stage import Stage, StageCallable
 from zigzag.stages.workload_iterator import WorkloadStage
 
+from stream_mla.engines.cost_cache import cached_search, canonical, core_description, entry_key, layer_description
 from stream_mla.engines.result import EngineError, NodeResult, Result
 from stream_mla.platforms import PlatformSpec, zigzag_accelerator, zigzag_mapping
 from stream_mla.workloads.counts import count_file, roofline
@@ -42,56 +44,68 @@ NB_SPATIAL_MAPPINGS = 3
 COSTED_OPS = ("MatMul", "Gemm", "Conv", "QLinearConv")  # what zigzag/parser/onnx prices; the rest are DummyNodes
 LAYOUT_OPS = ("Reshape", "Transpose", "Identity", "Constant", "Squeeze", "Unsqueeze", "Flatten")  # views: free anyway
 
-# (layer signature) -> best CME. Module level so a process evaluating many graphs searches each shape once.
-_MEMO: dict[tuple, CostModelEvaluation] = {}
-MEMO_STATS: Counter[str] = Counter()  # "hits" / "misses", for tests and progress reports
+# (layer signature digest) -> best CME. Module level so a process evaluating many graphs searches each shape once.
+_MEMO: dict[str, CostModelEvaluation] = {}
+MEMO_STATS: Counter[str] = Counter()  # "hits" (memo) / "disk_hits" (cost cache) / "misses" (searched)
+SEARCH_SETTINGS = ("loma_lpf_limit", "nb_mappings_generated", "enable_mix_spatial_mapping_generation",
+                   "access_same_data_considered_as_no_access", "temporal_mapping_type")  # fmt: skip
 
 
 def clear_memo() -> None:
+    """Forget this process's memo (the persistent cost cache is another process's too: it stays)."""
     _MEMO.clear()
     MEMO_STATS.clear()
 
 
-def layer_signature(layer: Any, context: tuple) -> tuple:
-    """Everything the mapping search reads from a layer, before the spatial stage mutates `layer.spatial_mapping`.
+def layer_signature(layer: Any, accelerator: Any, context: tuple, settings: dict) -> tuple:
+    """Everything the mapping search reads, before the spatial stage mutates `layer.spatial_mapping`: the layer's
+    cost-relevant attributes, the core as parsed, the search settings and `context` (the reduce criterion and the
+    stages that search), canonicalised so that the same search gives the same signature in every process
+    (cost_cache.canonical).
 
-    The layer name is left out on purpose: the mapping YAML (part of `context`) is looked up by name first, but
-    generated mappings only have `default` and op-type entries, so equal shapes really do cost the same."""
+    The layer and core names are left out on purpose: the mapping YAML is looked up by name first, but generated
+    mappings only have `default` and op-type entries, and the mapping's effect on the layer (spatial mapping and
+    hints, operand links, temporal ordering) is in the signature, so equal shapes on equal cores cost the same."""
     return (
-        str(layer.equation),
-        layer.type,
-        tuple(sorted((str(d), s) for d, s in layer.layer_dim_sizes.data.items())),
-        tuple(sorted((str(op), p) for op, p in layer.operand_precision.data.items())),
-        tuple(sorted(str(op) for op in layer.constant_operands)),
-        str(layer.spatial_mapping),
-        str(layer.spatial_mapping_hint),
-        str(layer.memory_operand_links),
-        str(layer.temporal_ordering),
+        layer_description(layer),
+        core_description(accelerator),
+        tuple((name, canonical(settings.get(name))) for name in SEARCH_SETTINGS),
         context,
     )
 
 
 class MemoStage(Stage):
-    """Sits right after WorkloadStage: answers a layer from `_MEMO` or runs the search below it and stores the best.
+    """Sits right after WorkloadStage: answers a layer from `_MEMO`, else from the cost cache, else runs the search
+    below it and stores the best in both.
 
     Each reduce stage yields exactly one CME, so the sub-pipeline's single answer is the layer's optimum."""
 
     def __init__(self, list_of_callables: list[StageCallable], *, layer: Any, memo_context: tuple, **kwargs: Any):
         super().__init__(list_of_callables, layer=layer, memo_context=memo_context, **kwargs)
         self.layer = layer
-        self.key = layer_signature(layer, memo_context)
+        search = tuple(f"{stage.__module__}.{stage.__qualname__}" for stage in list_of_callables)  # its stages
+        context = (*memo_context, *search)
+        self.key = entry_key("runner", lambda: layer_signature(layer, kwargs["accelerator"], context, kwargs))
+
+    def search(self) -> CostModelEvaluation:
+        MEMO_STATS["misses"] += 1
+        answers = list(self.list_of_callables[0](self.list_of_callables[1:], **self.kwargs).run())
+        if len(answers) != 1:
+            raise EngineError(f"zigzag: layer {self.layer.name}: the search gave {len(answers)} optima, expected 1")
+        return answers[0][0]
 
     def run(self) -> Generator[tuple[Any, Any], None, None]:
         if self.key in _MEMO:
             MEMO_STATS["hits"] += 1
             yield _MEMO[self.key], None
             return
-        MEMO_STATS["misses"] += 1
-        answers = list(self.list_of_callables[0](self.list_of_callables[1:], **self.kwargs).run())
-        if len(answers) != 1:
-            raise EngineError(f"zigzag: layer {self.layer.name}: the search gave {len(answers)} optima, expected 1")
-        _MEMO[self.key] = answers[0][0]
-        yield answers[0][0], None
+        searched = MEMO_STATS["misses"]
+        cme = cached_search("runner", self.key, self.search)
+        if MEMO_STATS["misses"] == searched:
+            MEMO_STATS["disk_hits"] += 1
+        if self.key is not None:
+            _MEMO[self.key] = cme
+        yield cme, None
 
 
 def energy_by_memory(cme: CostModelEvaluation) -> dict[str, float]:
@@ -186,13 +200,10 @@ def evaluate_zigzag(
     start = time.perf_counter()
     onnx_path, workdir = Path(onnx_path), Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    acc_text = yaml.safe_dump(zigzag_accelerator(platform), sort_keys=False)
-    map_text = yaml.safe_dump(zigzag_mapping(platform), sort_keys=False)
     acc_yaml, map_yaml = workdir / f"{platform.name}_zigzag.yaml", workdir / f"{platform.name}_zigzag_mapping.yaml"
-    acc_yaml.write_text(acc_text)
-    map_yaml.write_text(map_text)
-    digest = hashlib.sha256((acc_text + "\0" + map_text).encode()).hexdigest()
-    layers = run_pipeline(onnx_path, acc_yaml, map_yaml, lpf_limit, opt, (digest, lpf_limit, opt))
+    acc_yaml.write_text(yaml.safe_dump(zigzag_accelerator(platform), sort_keys=False))
+    map_yaml.write_text(yaml.safe_dump(zigzag_mapping(platform), sort_keys=False))
+    layers = run_pipeline(onnx_path, acc_yaml, map_yaml, lpf_limit, opt, (opt,))
 
     latency = sum(cme.latency_total2 for _, cme in layers)
     energy = dict.fromkeys(("mac", "onchip_memory", "dram", "onchip_transfer"), 0.0)

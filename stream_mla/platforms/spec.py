@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from stream_mla.errors import SpecError, first_error, read_document
+from stream_mla.errors import EXCERPT_CHARS, SpecError, excerpt, first_error, read_document, reject_bools
 from stream_mla.models import BYTES_PER_ELEMENT, Precision
 
 # Stream's operand_precision only knows ELEMENT_BITS names (no fp8): fp8 is priced as an 8-bit type.
@@ -30,55 +30,76 @@ def _parse_bytes(value: Any) -> Any:
         return value
     m = _SIZE_RE.match(value.lower())
     if not m or m.group(2) not in _UNITS:
-        raise ValueError(f"expected bytes as an integer or a size like '2 MiB' or '32 MB', got {value!r}")
+        raise ValueError(f"expected bytes as an integer or a size like '2 MiB' or '32 MB', got {excerpt(value)}")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-Bytes = Annotated[int, BeforeValidator(_parse_bytes), Field(gt=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+# Upper bounds far above any real chip: they catch typos (a missing unit, an extra exponent) and keep every
+# derived number finite and every engine integer within 64 bits. Non-finite values (.inf, .nan) are refused by
+# the models' allow_inf_nan=False.
+MAX_BYTES = 2**50  # 1 PiB
+MAX_ENERGY_PJ = 1e6  # per MAC, bit or op
+MAX_WIDTH = 2**24  # PE rows/columns, lanes, words, bits per cycle
+Bytes = Annotated[int, BeforeValidator(_parse_bytes), Field(gt=0, le=MAX_BYTES)]
+NonNegFloat = Annotated[float, Field(ge=0, le=MAX_ENERGY_PJ)]
+Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 
 
 def bits_per_cycle(gb_per_s: float, clock_ghz: float) -> int:
-    """GB/s -> whole bits/cycle (engines need integers): rounded to nearest, at least 1."""
-    return max(1, round(gb_per_s * 8 / clock_ghz))
+    """GB/s -> whole bits/cycle (engines need integers), rounded to nearest. Below 1 bit/cycle is refused, not
+    clamped: a clamp would silently give the engines more bandwidth than the platform has."""
+    bits = round(gb_per_s * 8 / clock_ghz)
+    if bits < 1:
+        raise SpecError(f"dram_gb_s: {gb_per_s:g} GB/s at {clock_ghz:g} GHz is {gb_per_s * 8 / clock_ghz:.3g} "
+                        "bits/cycle; the engines need at least 1 (raise dram_gb_s or lower clock_ghz)")  # fmt: skip
+    return bits
 
 
 class PlatformSpec(BaseModel):
     """One accelerator: `cores` identical matrix cores, one vector core and off-chip DRAM."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="platform name, also the generated file stem")
-    clock_ghz: PosFloat = Field(description="core clock f in GHz; converts GB/s to bits/cycle and cycles to s")
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=100, description="platform name, also the "
+                      "generated file stem")  # fmt: skip
+    clock_ghz: float = Field(gt=0, le=100, description="core clock f in GHz; converts GB/s to bits/cycle and cycles "
+                             "to s")  # fmt: skip
     cores: int = Field(ge=1, le=MAX_CORES, description=f"matrix cores (Stream compute cores), 1..{MAX_CORES}")
-    rows: int = Field(gt=0, description="PE array rows per core (spatial dim D1, output channels K)")
-    cols: int = Field(gt=0, description="PE array columns per core (spatial dim D2, reduction C)")
+    rows: Width = Field(description="PE array rows per core (spatial dim D1, output channels K)")
+    cols: Width = Field(description="PE array columns per core (spatial dim D2, reduction C)")
     precision: Precision = Field("bf16", description="native operand type: bf16, fp32, int8 or fp8")
-    mac_rate: dict[Precision, PosFloat] = Field(
+    mac_rate: dict[Precision, Annotated[float, Field(gt=0, le=64)]] = Field(
         default_factory=dict,
         description="other supported operand types and their MAC rate relative to the native one, e.g. "
         "{fp8: 2, int8: 2} on Hopper (2x the bf16 peak); the native type is always supported at 1",
     )
     mac_pj: NonNegFloat = Field(description="energy per MAC in pJ")
     sram_bytes: Bytes = Field(description="SRAM per matrix core in bytes (int, or '16 MiB' / '32 MB')")
-    sram_bits_per_cycle: int = Field(gt=0, description="SRAM port width per core in bits/cycle")
+    sram_bits_per_cycle: Width = Field(description="SRAM port width per core in bits/cycle")
     sram_pj_per_bit: NonNegFloat = Field(description="SRAM access energy in pJ/bit")
-    rf_weight_words: int = Field(1, gt=0, description="weight register words per PE (deeper -> fewer SRAM stalls)")
-    rf_output_words: int = Field(1, gt=0, description="partial-sum register words per PE (accumulator width)")
+    rf_weight_words: Width = Field(1, description="weight register words per PE (deeper -> fewer SRAM stalls)")
+    rf_output_words: Width = Field(1, description="partial-sum register words per PE (accumulator width)")
     rf_pj_per_bit: NonNegFloat = Field(description="register-file access energy in pJ/bit")
-    vector_lanes: int = Field(256, gt=0, description="vector-unit lanes (fp32 ops/cycle)")
+    vector_lanes: Width = Field(256, description="vector-unit lanes (fp32 ops/cycle)")
     vector_sram_bytes: Bytes = Field(
         32 * SOFTMAX_ROW_BYTES,
         description="vector-unit SRAM in bytes; default 4 MiB holds 32 softmax rows of 32k fp32 scores "
         "(512 KiB made MLA decode at L=32768 infeasible, engines.md §3)",
     )
     vector_pj_per_op: NonNegFloat = Field(0.5, description="energy per vector-lane op in pJ")
-    dram_gb_s: PosFloat = Field(description="DRAM bandwidth in GB/s (1e9 B/s)")
+    dram_gb_s: float = Field(gt=0, le=1e7, description="DRAM bandwidth in GB/s (1e9 B/s)")
     dram_pj_per_bit: NonNegFloat = Field(description="DRAM access energy in pJ/bit")
-    link_bits_per_cycle: int = Field(4096, gt=0, description="on-chip core-to-core link width in bits/cycle")
+    link_bits_per_cycle: Width = Field(4096, description="on-chip core-to-core link width in bits/cycle")
     link_pj_per_bit: NonNegFloat = Field(0.1, description="on-chip link energy in pJ/bit")
-    static_power_w: NonNegFloat = Field(0.0, description="static power in W; engines report dynamic energy only")
+    static_power_w: float = Field(0.0, ge=0, le=1e6, description="static power in W; engines report dynamic "
+                                  "energy only")  # fmt: skip
+
+    _no_bools = model_validator(mode="before")(reject_bools)  # YAML's `yes`/`true` are not 1
+
+    @model_validator(mode="after")
+    def _dram_port(self) -> "PlatformSpec":
+        bits_per_cycle(self.dram_gb_s, self.clock_ghz)  # refuses a port below 1 bit/cycle
+        return self
 
     @model_validator(mode="after")
     def _rates(self) -> "PlatformSpec":
@@ -170,7 +191,9 @@ class PlatformSpec(BaseModel):
             err = exc.errors()[0]
             if err["type"] == "extra_forbidden":  # list the allowed names, not just "extra inputs not permitted"
                 allowed = ", ".join(cls.model_fields)
-                raise SpecError(f"{source}: {err['loc'][0]}: unknown field (allowed: {allowed})") from None
+                raise SpecError(
+                    f"{source}: {str(err['loc'][0])[:EXCERPT_CHARS]}: unknown field (allowed: {allowed})"
+                ) from None
             raise first_error(exc, prefix=f"{source}: ") from None
 
     @classmethod

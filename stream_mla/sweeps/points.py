@@ -31,14 +31,37 @@ ENGINE_PACKAGES = {"stream": "stream-dse", "zigzag": "zigzag-dse"}
 
 ROW_COLUMNS = (
     "key", "status", "error", "model", "scheme", "phase", "part", "batch", "context", "queries", "window",
-    "kv_heads", "precision", "kv_precision", "act_precision", "platform", "bw_scale",
+    "kv_chunks", "kv_heads", "precision", "kv_precision", "act_precision", "platform", "bw_scale",
     "engine", "engine_version", "strategy", "clock_ghz", "peak_flop_per_s", "dram_bytes_per_s", "ridge",
     "macs", "macs_causal", "weight_bytes", "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes",
     "oi", "roofline_compute_s", "roofline_memory_s", "roofline_s", "bound", "latency_cycles", "latency_s",
     "energy_pj", "energy_mac_pj", "energy_onchip_memory_pj", "energy_dram_pj", "energy_onchip_transfer_pj",
     "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings", "layer_by_layer_bytes",
-    "hotspot", "hotspot_cycle_share", "hotspot_mac_util", "excess_step", "excess_bytes",
+    "hotspot", "hotspot_cycle_share", "hotspot_mac_util", "excess_step", "excess_bytes", "strategies",
 )  # fmt: skip
+
+
+PACKAGE = Path(__file__).resolve().parents[1]
+# The code that determines a row: graphs, counts, models, platforms and this module; engine rows also the runners.
+# A change to any of these files changes every affected point's key, so the store recomputes it (figures, claims
+# and the CLI read rows and do not take part).
+ANALYTIC_CODE = ("workloads", "models.py", "model_configs", "platforms", "sweeps/points.py")
+ENGINE_CODE = (*ANALYTIC_CODE, "engines")
+CODE_SUFFIXES = (".py", ".json", ".yaml")
+
+
+@cache
+def code_digest(engines: bool, root: Path = PACKAGE) -> str:
+    """sha256 over the relative paths and bytes of the code a row depends on (`.py`, `.json`, `.yaml` files)."""
+    h = hashlib.sha256()
+    for part in ENGINE_CODE if engines else ANALYTIC_CODE:
+        base = root / part
+        files = (
+            [base] if base.is_file() else sorted(f for f in base.rglob("*") if f.suffix in (".py", ".json", ".yaml"))
+        )
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 @cache
@@ -64,6 +87,7 @@ class SweepPoint(BaseModel):
     queries: PositiveInt = 1
     part: Part = "layer"
     window: PositiveInt | None = None  # None: the model's own
+    kv_chunks: PositiveInt | None = None  # split-KV decode chunks; None: the plain graph
     platform: str  # preset name or platform YAML path
     bw_scale: PositiveFloat = 1.0
     engine: Engine = "analytic"
@@ -73,7 +97,7 @@ class SweepPoint(BaseModel):
         spec = make_spec(model=resolve_name_or_path(self.model), scheme=self.scheme, phase=self.phase, batch=self.batch,
                          context=self.context, kv_heads=self.kv_heads, precision=self.precision,
                          kv_precision=self.kv_precision, act_precision=self.act_precision, queries=self.queries,
-                         part=self.part, window=self.window)  # fmt: skip
+                         part=self.part, window=self.window, kv_chunks=self.kv_chunks)  # fmt: skip
         return spec.on_platform(load_platform(self.platform).precision)
 
     def platform_spec(self) -> PlatformSpec:
@@ -93,6 +117,7 @@ class SweepPoint(BaseModel):
             "platform": self.platform_spec().model_dump(mode="json"),
             "engine": self.engine,
             "engine_version": engine_version(self.engine),
+            "code": code_digest(self.engine != "analytic"),
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -142,7 +167,7 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         "dram_bytes": b["total"], "oi": counts["operational_intensity"], "roofline_compute_s": r.compute_s,
         "roofline_memory_s": r.memory_s, "roofline_s": r.bound_s, "bound": r.bound,
         "layer_by_layer_bytes": counts["bytes_layer_by_layer"], "hotspot": None, "hotspot_cycle_share": None,
-        "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None,
+        "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None, "strategies": "{}",
     }  # fmt: skip
     if point.engine == "analytic":
         row.update(analytic_row(counts, p))
@@ -154,7 +179,8 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         row.update({"strategy": res.strategy, "latency_s": res.latency_s, "latency_cycles": res.latency_cycles,
                     "energy_pj": res.energy_pj, **{f"energy_{k}_pj": v for k, v in e.items()},
                     "engine_dram_bytes": res.engine_dram_bytes, "engine_wall_s": res.engine_wall_s,
-                    "warnings": json.dumps(res.warnings), **engine_diagnostics(res, counts, p)})  # fmt: skip
+                    "warnings": json.dumps(res.warnings), "strategies": json.dumps(res.strategies, sort_keys=True),
+                    **engine_diagnostics(res, counts, p)})  # fmt: skip
     missing = set(ROW_COLUMNS) - set(row)
     assert not missing, f"row lacks {missing}"
     return {c: row[c] for c in ROW_COLUMNS}

@@ -1,28 +1,93 @@
 """Run a sweep into a results store: skip cached points, run the rest in parallel, write each row as it finishes.
 
-Local runs use threads: an engine point spends its time in its own spawned engine process (see
+Local runs use threads: an engine point spends its time in its own engine process (see
 `stream_mla.engines.evaluate`), so `workers` threads keep `workers` engine processes busy; analytic points
 (~5 ms each) run on one extra thread. With `dask_address`, every point is one task on an existing
 dask.distributed cluster and the rows are written here, in the parent, as the futures complete. Dask's
 worker processes are daemonic and may not start children, so an engine point on such a worker runs in a plain
 subprocess (`python -m stream_mla.sweeps.runner`) instead.
+
+Everything that can be checked before a point runs is checked before the store is opened (`SweepOptions`,
+`check_points`), so a bad sweep writes nothing: sizes within the documented maxima, platform names unique,
+no option that changes nothing, a reachable scheduler.
 """
 
 import json
+import logging
 import multiprocessing
+import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Annotated
 
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from stream_mla.errors import SpecError
+from stream_mla.engines import live_engine_processes
+from stream_mla.errors import FaultError, SpecError, excerpt, first_error, short_path
+from stream_mla.models import Batch, Tokens, check_scale, resolve_name_or_path
+from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.sweeps.points import ROW_COLUMNS, SweepPoint, engine_version, run_point
 from stream_mla.sweeps.spec import SweepSpec
-from stream_mla.sweeps.store import ResultStore
+from stream_mla.sweeps.store import ResultStore, unstorable
+
+MAX_WORKERS = 1024
+DASK_CONNECT_TIMEOUT_S = 10.0  # a scheduler answers in milliseconds; an unroutable address would hang for minutes
+# [tcp|tls|ucx|ws|wss://]host:port, host a name, an IPv4 address or a bracketed IPv6 address
+DASK_ADDRESS = re.compile(
+    r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*):(\d{1,5})$"
+)
+
+
+def _workers(n: int) -> int:
+    if not 1 <= n <= MAX_WORKERS:
+        raise ValueError(f"must be at least 1 and at most {MAX_WORKERS} (got {n})")
+    return n
+
+
+def _dask_address(address: str) -> str:
+    m = DASK_ADDRESS.match(address)
+    if not m or not 0 < int(m.group(1)) < 65536:
+        raise ValueError(f"expected a scheduler address [tcp://]host:port, e.g. tcp://127.0.0.1:8786 (got "
+                         f"{excerpt(address)})")  # fmt: skip
+    return address
+
+
+class SweepOptions(BaseModel):
+    """How a sweep runs; the field names are the CLI flags (an error names --workers, --timeout or --dask)."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
+
+    workers: Annotated[int, AfterValidator(_workers)] = 2
+    timeout: Annotated[float, Field(gt=0)] = 900.0
+    dask: Annotated[str, AfterValidator(_dask_address)] | None = None
+
+    @classmethod
+    def check(cls, **fields) -> "SweepOptions":
+        try:
+            return cls(**fields)
+        except pydantic.ValidationError as exc:
+            raise first_error(exc, as_flags=True) from None
+
+
+class _Sizes(BaseModel):
+    """A block's (or a point's) sizes within the documented maxima (stream_mla.models.MAX_*)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    batch: list[Batch]
+    context: list[Tokens]
+    queries: list[Tokens] = [1]
+    window: list[Tokens | None] = [None]
+
+
+SIZES = tuple(_Sizes.model_fields)
 
 
 def one_line(exc: BaseException) -> str:
@@ -36,9 +101,11 @@ def _execute(point: dict, timeout_s: float) -> tuple[str, dict | str]:
         pt = SweepPoint.model_validate(point)
         if pt.engine != "analytic" and multiprocessing.current_process().daemon:
             return _execute_in_subprocess(point, timeout_s)
-        return "ok", run_point(pt, timeout_s=timeout_s)
+        row = run_point(pt, timeout_s=timeout_s)
     except Exception as exc:  # SpecError, EngineError, or a bug: recorded with the point, the sweep goes on
         return "failed", one_line(exc)
+    problem = unstorable(row)  # e.g. counts beyond 64 bits: a failed point, not a crash of the whole sweep
+    return ("failed", f"SpecError: {problem}") if problem else ("ok", row)
 
 
 def _execute_in_subprocess(point: dict, timeout_s: float) -> tuple[str, dict | str]:
@@ -67,11 +134,96 @@ def _order(items: list[tuple[str, SweepPoint]]) -> list[tuple[str, SweepPoint]]:
     return sorted(items, key=lambda kp: (kp[1].engine == "analytic", -kp[1].batch * kp[1].context))
 
 
-def _kill_new_children(before: set[int]) -> None:
-    """Kill the child processes started since `before` (the engine processes of the running points)."""
-    for child in multiprocessing.active_children():
-        if child.pid not in before:
-            child.kill()
+def _kill_new_engines(before: set) -> None:
+    """Kill the engine processes started since `before` (those of the running points)."""
+    for proc in live_engine_processes() - before:
+        proc.kill()
+
+
+def check_points(spec_or_points: SweepSpec | Iterable[SweepPoint]) -> list[SweepPoint]:
+    """The sweep's points, after the checks that need no engine: sizes, no option that does nothing, and
+    platforms that are distinct and valid at every bandwidth scale. Raises one SpecError line."""
+    if isinstance(spec_or_points, SweepSpec):
+        for i, block in enumerate(spec_or_points.sweeps):
+            _check_block(block, f"sweep spec: sweeps.{i}.")
+        points = spec_or_points.points()
+    else:
+        points = list(spec_or_points)
+        for n, pt in enumerate(points):
+            _check_sizes({k: [getattr(pt, k)] for k in SIZES if hasattr(pt, k)}, f"point {n}: ")
+    _check_scales(points)
+    _check_platforms(points)
+    return points
+
+
+def _check_scales(points: list[SweepPoint]) -> None:
+    """Each size within its maximum, their product too (stream_mla.models.check_scale)."""
+    for model, batch, phase, context, queries in dict.fromkeys(
+        (pt.model, pt.batch, pt.phase, pt.context, getattr(pt, "queries", 1)) for pt in points
+    ):
+        keys, tokens = (context, context) if phase == "prefill" else (context + queries, queries)
+        check_scale(resolve_name_or_path(model), batch, tokens, keys, where="sweep: ")
+
+
+def _check_sizes(sizes: dict, prefix: str) -> None:
+    try:
+        _Sizes.model_validate(sizes)
+    except pydantic.ValidationError as exc:
+        raise first_error(exc, prefix=prefix) from None
+
+
+def _check_block(block, prefix: str) -> None:
+    _check_sizes({k: getattr(block, k) for k in SIZES if hasattr(block, k)}, prefix)
+    if any(k is not None for k in block.kv_heads) and "gqa" not in block.schemes:
+        raise SpecError(f"{prefix}kv_heads: applies to scheme gqa only, and this block has none (schemes: "
+                        f"{', '.join(block.schemes)})")  # fmt: skip
+    if getattr(block, "queries", [1]) != [1] and "decode" not in block.phases:
+        raise SpecError(f"{prefix}queries: applies to decode only, and this block has phases {block.phases}")
+
+
+def _check_platforms(points: list[SweepPoint]) -> None:
+    """Two platforms with one name would share their rows in the figures (one of them silently lost); a
+    bandwidth scale can push a valid platform out of range (below 1 bit/cycle, or beyond finite)."""
+    by_name: dict[str, tuple[str, PlatformSpec]] = {}
+    for source in dict.fromkeys(pt.platform for pt in points):
+        p = load_platform(source)
+        first = by_name.setdefault(p.name, (source, p))
+        if first[1] != p:
+            both = f"{short_path(first[0])} and {short_path(source)}"
+            raise SpecError(f"sweep: platforms {both} are both named {p.name!r} (their rows would be merged; give "
+                            "each platform YAML its own name:)")  # fmt: skip
+    for source, bw in dict.fromkeys((pt.platform, pt.bw_scale) for pt in points if pt.bw_scale != 1.0):
+        p = load_platform(source)
+        PlatformSpec.validate_fields({**p.model_dump(), "dram_gb_s": p.dram_gb_s * bw},
+                                     f"platform {p.name} at bw_scale {bw:g}")  # fmt: skip
+
+
+def _connect(address: str):
+    """A dask.distributed client, or one FaultError line within DASK_CONNECT_TIMEOUT_S. Client's own timeout
+    does not cover a server that accepts the connection but is no scheduler (it waits forever, or reads its
+    bytes as a frame length), so the attempt runs in a daemon thread that is abandoned when it does not answer."""
+    from distributed import Client
+
+    box: dict = {}
+
+    def attempt() -> None:
+        try:
+            box["client"] = Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
+        except BaseException as exc:  # OSError, TimeoutError, MemoryError from garbage, ...
+            box["error"] = exc
+
+    log = logging.getLogger("distributed")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # its retry log would be many lines for the one we print
+    thread = threading.Thread(target=attempt, name="dask-connect", daemon=True)
+    thread.start()
+    thread.join(DASK_CONNECT_TIMEOUT_S + 2)
+    if "client" in box:
+        log.setLevel(level)
+        return box["client"]
+    why = one_line(box["error"]) if "error" in box else "no answer from a dask scheduler"
+    raise FaultError(f"--dask: cannot connect to scheduler {excerpt(address)} within {DASK_CONNECT_TIMEOUT_S:g} s "
+                     f"({why})")  # fmt: skip
 
 
 def run_sweep(
@@ -89,13 +241,18 @@ def run_sweep(
     with status "failed" and its one-line error. KeyboardInterrupt propagates after the running points are
     stopped; every row finished so far is already committed.
     """
-    if workers < 1:
-        raise SpecError(f"--workers: must be at least 1 (got {workers})")
     t0 = time.perf_counter()
+    SweepOptions.check(workers=workers, timeout=timeout_s, dask=dask_address)
+    points = check_points(spec_or_points)
+    client = _connect(dask_address) if dask_address else None
     own_store = not isinstance(store, ResultStore)
-    store = ResultStore(store) if own_store else store
     try:
-        points = spec_or_points.points() if isinstance(spec_or_points, SweepSpec) else list(spec_or_points)
+        store = ResultStore(store, readonly=False) if own_store else store
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
+    try:
         keyed = {}
         for pt in points:
             keyed.setdefault(pt.key(), pt)
@@ -120,20 +277,22 @@ def run_sweep(
 
         bar.set_postfix(postfix())
         try:
-            if dask_address:
-                _run_dask(todo, dask_address, timeout_s, record)
+            if client is not None:
+                _run_dask(todo, client, timeout_s, record)
             else:
                 _run_local(todo, workers, timeout_s, record)
         finally:
             bar.close()
         return {**stats, "wall_s": time.perf_counter() - t0}
     finally:
+        if client is not None:
+            client.close()
         if own_store:
             store.close()
 
 
 def _run_local(todo, workers: int, timeout_s: float, record) -> None:
-    children_before = {c.pid for c in multiprocessing.active_children()}
+    engines_before = live_engine_processes()
     engine_pool = ThreadPoolExecutor(workers, thread_name_prefix="sweep-engine")
     analytic_pool = ThreadPoolExecutor(1, thread_name_prefix="sweep-analytic")
     pending: dict[Future, tuple[str, SweepPoint]] = {}
@@ -149,20 +308,16 @@ def _run_local(todo, workers: int, timeout_s: float, record) -> None:
     except BaseException:
         for pool in (engine_pool, analytic_pool):
             pool.shutdown(wait=False, cancel_futures=True)
-        _kill_new_children(children_before)  # the running engine points end at once (their results are dropped)
+        _kill_new_engines(engines_before)  # the running engine points end at once (their results are dropped)
         raise
     finally:
         engine_pool.shutdown(wait=True)
         analytic_pool.shutdown(wait=True)
 
 
-def _run_dask(todo, address: str, timeout_s: float, record) -> None:
-    from distributed import Client, as_completed
+def _run_dask(todo, client, timeout_s: float, record) -> None:
+    from distributed import as_completed
 
-    try:
-        client = Client(address, timeout=30)
-    except (OSError, TimeoutError) as exc:
-        raise SpecError(f"--dask: cannot connect to scheduler {address!r}: {one_line(exc)}") from None
     futures = {}
     try:
         for key, pt in todo:
@@ -177,8 +332,6 @@ def _run_dask(todo, address: str, timeout_s: float, record) -> None:
     except BaseException:
         client.cancel(list(futures), force=True)
         raise
-    finally:
-        client.close()
 
 
 if __name__ == "__main__":  # one point in a fresh process (used from daemonic dask workers)

@@ -17,6 +17,7 @@
         queries: [1, 2]               # decode: new tokens per sequence and step; default [1]
         parts: [layer, core]          # the whole layer or the attention core alone; default [layer]
         window: [null, 4096]          # sliding window; null = the model's own (none for DeepSeek); default [null]
+        kv_chunks: [null, 8]          # split-KV decode chunks C (decode only; null = 1, the plain graph)
 
 Every point is validated when the spec is loaded (its workload and platform are built), so a bad value ends
 with one SpecError line naming the field, e.g. `sweeps.0.engines.1: Input should be 'analytic', ...`.
@@ -72,6 +73,7 @@ class Block(BaseModel):
     queries: list[PositiveInt] = Field(default=[1], min_length=1)  # decode only; prefill points take 1
     parts: list[Part] = Field(default=["layer"], min_length=1)
     window: list[PositiveInt | None] = Field(default=[None], min_length=1)  # None: the model's own
+    kv_chunks: list[PositiveInt | None] = Field(default=[None], min_length=1)  # decode only; None: the plain graph
 
     def points(self) -> list[SweepPoint]:
         """The block's product in AXES order (the first axis outermost)."""
@@ -80,6 +82,7 @@ class Block(BaseModel):
             p = dict(zip((field for _, field in AXES), values, strict=True))
             p["kv_heads"] = p["kv_heads"] if p["scheme"] == "gqa" else None
             p["queries"] = p["queries"] if p["phase"] == "decode" else 1  # prefill's queries are its S tokens
+            p["kv_chunks"] = p["kv_chunks"] if p["phase"] == "decode" else None  # split-KV splits a decode cache
             out.append(SweepPoint(**p))
         return out
 
@@ -89,7 +92,7 @@ AXES = (
     ("engines", "engine"), ("models", "model"), ("schemes", "scheme"), ("phases", "phase"), ("batch", "batch"),
     ("context", "context"), ("platforms", "platform"), ("bw_scale", "bw_scale"), ("kv_heads", "kv_heads"),
     ("precision", "precision"), ("kv_precision", "kv_precision"), ("act_precision", "act_precision"),
-    ("queries", "queries"), ("parts", "part"), ("window", "window"),
+    ("queries", "queries"), ("parts", "part"), ("window", "window"), ("kv_chunks", "kv_chunks"),
 )  # fmt: skip
 
 

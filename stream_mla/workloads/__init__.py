@@ -37,6 +37,9 @@ class WorkloadSpec(BaseModel):
     queries: PositiveInt = 1  # decode: new tokens per sequence and step (s_q; MTP, speculative verification)
     part: Part = "layer"  # layer: X to the output projection; core: the attention kernel alone
     window: PositiveInt | None = None  # sliding-window attention span W; None: the model's (HF sliding_window)
+    # split-KV decode (flash-decoding): the T cache entries read in C chunks, each with its own softmax statistics,
+    # then combined (workloads/split_kv.py); None or 1: the plain graph. Same MACs and DRAM bytes as the plain one.
+    kv_chunks: PositiveInt | None = None
     kv_heads: PositiveInt | None = None  # gqa only: override the model's K/V heads
     # Precision per tensor class; None follows `precision`, which itself defaults to the model's (its torch_dtype).
     # Callers with a platform fill unset ones with its native precision first (`on_platform`).
@@ -58,12 +61,27 @@ class WorkloadSpec(BaseModel):
         if self.scheme == "gqa" and self.group_kv_heads == h:  # would silently be MHA
             raise ValueError(f"--kv-heads: scheme gqa on {self.model.name} (n_kv = h = {h}) needs --kv-heads, "
                              f"a divisor of {h} below {h}")  # fmt: skip
+        if self.phase not in self.scheme_record.phases:
+            raise ValueError(f"--phase: scheme {self.scheme} is modelled for {', '.join(self.scheme_record.phases)} "
+                             f"only (got {self.phase})")  # fmt: skip
+        if self.scheme == "mla-sparse" and self.attention_window:
+            raise ValueError("--window: mla-sparse selects its keys with the indexer; a sliding window does not apply")
         if self.phase == "prefill" and self.queries != 1:
             raise ValueError(f"--queries: {self.queries} applies to decode only (prefill's queries are its S tokens)")
         if self.queries > self.context:
             raise ValueError(f"--queries: {self.queries} new tokens need a cache of at least as many entries "
                              f"(--context {self.context})")  # fmt: skip
+        if self.chunks > 1 and self.phase != "decode":
+            raise ValueError(f"--kv-chunks: {self.kv_chunks} applies to decode only (split-KV reads a cache)")
+        if self.chunks > 1 and self.keys % self.chunks:
+            raise ValueError(f"--kv-chunks: {self.kv_chunks} must divide the {self.keys} cache entries a step reads "
+                             f"(allowed: divisors of {self.keys} up to {self.keys})")  # fmt: skip
         return self
+
+    @property
+    def chunks(self) -> int:
+        """C: the split-KV chunks of the graph (1: the plain graph)."""
+        return self.kv_chunks or 1
 
     @property
     def attention_window(self) -> int | None:
@@ -126,7 +144,8 @@ class WorkloadSpec(BaseModel):
         prec = p["weights"] + "".join(f"_{tag}{p[c]}" for tag, c in (("kv", "kv_cache"), ("a", "activations"))
                                       if p[c] != p["weights"])  # fmt: skip
         extra = "".join(tag for tag, on in ((f"_q{self.queries}", self.queries > 1), ("_core", self.part == "core"),
-                                            (f"_w{self.window}", self.window)) if on)  # fmt: skip
+                                            (f"_w{self.window}", self.window),
+                                            (f"_c{self.chunks}", self.chunks > 1)) if on)  # fmt: skip
         return f"{self.model.name}_{self.scheme}{kv}_{self.phase}{extra}_b{self.batch}_{axis}{self.context}_{prec}"
 
 
@@ -144,11 +163,14 @@ def build(spec: WorkloadSpec, seed: int | None = None) -> onnx.ModelProto:
         got = "/".join(dict.fromkeys(spec.precisions.values()))
         raise SpecError(f"--precision: random weights are computed in fp32 (got {got}; allowed: fp32)")
     b = GraphBuilder(spec.precisions, graph_factors(m, seed) if seed is not None else None)
-    shape = schemes.Shape(batch=spec.batch, queries=spec.query_tokens, keys=spec.keys, decode=spec.phase == "decode")
+    shape = schemes.Shape(batch=spec.batch, queries=spec.query_tokens, keys=spec.keys, decode=spec.phase == "decode",
+                          chunks=spec.chunks)  # fmt: skip
     if spec.part == "core":
         y = spec.scheme_record.core(b, m, shape)
     else:
         y = spec.scheme_record.builder(b, m, b.input("x", (spec.batch, shape.queries, m.d_model), "activations"), shape)
+    if spec.chunks > 1 and "combine" not in {n.name for n in b.nodes}:
+        raise SpecError(f"--kv-chunks: scheme {spec.scheme} has no split-KV form (allowed: 1)")
     meta = {
         "spec": spec.model_dump(mode="json"),
         "seed": seed,

@@ -100,13 +100,16 @@ def count(model: onnx.ModelProto) -> dict:
     elems = {
         "weights": sum(numel[w] for w in weights),
         "kv_read": sum(numel[c] for c in caches),
-        "kv_write": sum(numel[t] * copies for t, copies in meta.get("kv_write", [])),
+        "kv_write": sum(numel[t] * copies for t, copies, *_ in meta.get("kv_write", [])),
         "activations": sum(numel[a] for a in act_inputs) + numel[g.output[0].name],
     }
     byte_counts = {
         "weights": sum(nbytes[w] for w in weights),
         "kv_read": sum(nbytes[c] for c in caches),
-        "kv_write": elems["kv_write"] * kv_width,
+        "kv_write": sum(
+            numel[t] * copies * (BYTES_PER_ELEMENT[p[0]] if p else kv_width)
+            for t, copies, *p in meta.get("kv_write", [])
+        ),  # fmt: skip
         "activations": sum(nbytes[a] for a in act_inputs) + nbytes[g.output[0].name],
     }
     byte_counts["total"] = sum(byte_counts.values())

@@ -90,9 +90,11 @@ class GraphBuilder:
         self.causal_nodes: list[str] = []
 
     # ---- sources -------------------------------------------------------------------------------
-    def input(self, name: str, shape, cls: str = "kv_cache") -> str:
-        """A graph input: the KV cache (default) or, with cls="activations", the layer input x."""
-        self.inputs.append(helper.make_tensor_value_info(name, self.types[cls], list(shape)))
+    def input(self, name: str, shape, cls: str = "kv_cache", precision: str | None = None) -> str:
+        """A graph input: the KV cache (default) or, with cls="activations", the layer input x; `precision`
+        overrides the class's (DSA's indexer keys are cached in fp8 whatever the latent's precision)."""
+        elem = ELEM_TYPE[precision] if precision else self.types[cls]
+        self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
         if cls == "activations":
             self.activation_inputs.append(name)
         self.shapes[name] = tuple(shape)
@@ -148,6 +150,9 @@ class GraphBuilder:
     def mul(self, name: str, a: str, b: str) -> str:
         return self.node("Mul", [a, b], name, np.broadcast_shapes(self.shapes[a], self.shapes[b]))
 
+    def relu(self, name: str, x: str) -> str:
+        return self.node("Relu", [x], name, self.shapes[x])
+
     def softmax(self, name: str, x: str) -> str:
         return self.node("Softmax", [x], name, self.shapes[x], axis=-1)
 
@@ -165,6 +170,14 @@ class GraphBuilder:
         inv = self.node("Pow", [shifted, self.constant(f"{name}_pow_c", -0.5, np.float32)], f"{name}_rsqrt",
                         self.shapes[shifted])  # fmt: skip
         return self.mul(name, x, inv)
+
+    def layernorm(self, name: str, x: str, eps: float = 1e-6) -> str:
+        """(x - mean) / sqrt(var + eps) over the last axis, from elementwise ops both engines parse; no affine
+        parameters (like rmsnorm's gain, they would fold into the consumer)."""
+        mean = self.reduce("ReduceMean", f"{name}_row_mean", x)  # x + (-1)·mean: Stream's Sub takes no broadcast
+        neg = self.mul(f"{name}_neg_mean", mean, self.constant(f"{name}_minus_one", -1.0, np.float32))
+        centred = self.add(f"{name}_centre", x, neg)
+        return self.rmsnorm(name, centred, eps)  # the mean of a centred row is 0: rms of it is its std
 
     # ---- heads ---------------------------------------------------------------------------------
     def split_heads(self, name: str, x: str, heads: int) -> str:
@@ -187,8 +200,9 @@ class GraphBuilder:
         return self.transpose(name, t, (1, 2, 0) if transpose else (1, 0, 2))
 
     # ---- roles read by the analytic counter -----------------------------------------------------
-    def mark_kv_write(self, tensor: str, copies: int = 1) -> None:
-        self.kv_writes.append((tensor, copies))
+    def mark_kv_write(self, tensor: str, copies: int = 1, precision: str | None = None) -> None:
+        """The tensor is stored in the cache (`copies` per element) at the cache's (or the given) precision."""
+        self.kv_writes.append((tensor, copies, precision or self.precisions["kv_cache"]))
 
     def mark_causal(self, node_output: str) -> None:
         self.causal_nodes.append(node_output.removesuffix("_o"))
@@ -199,7 +213,8 @@ class GraphBuilder:
         Its row sums are multiplied by zero and added to y: B*(d+w) element ops, numerically exact."""
         total = None
         for i, t in enumerate(side):  # no `_sum` suffix: Stream names a Softmax's pieces `<name>_sum` etc.
-            s = self.reduce("ReduceSum", f"{t.removesuffix('_o')}_rowsum", t)
+            # a row of one (DSA's top-k stand-in) is its own sum; Stream cannot size a reduction over it
+            s = t if self.shapes[t][-1] == 1 else self.reduce("ReduceSum", f"{t.removesuffix('_o')}_rowsum", t)
             total = s if total is None else self.add(f"kv_write_acc{i}", total, s)
         gated = self.mul("kv_write_gate", total, self.constant("kv_write_gate_zero", 0.0, np.float32))
         return self.add("out", y, gated)

@@ -14,7 +14,8 @@ from stream_mla.workloads.graph import GraphBuilder
 
 Builder = Callable[[GraphBuilder, ModelSpec, str, builders.Shape], str]  # (b, layer model, x, shape) -> output
 CoreBuilder = Callable[[GraphBuilder, ModelSpec, builders.Shape], str]  # the attention core alone
-ALL_FAMILIES = frozenset({"mla", "mha", "gqa", "mqa"})
+ALL_FAMILIES = frozenset({"mla", "dsa", "mha", "gqa", "mqa"})
+MLA_FAMILIES = frozenset({"mla", "dsa"})  # a DSA model is an MLA model with an indexer: dense MLA schemes apply
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Scheme:
     core: CoreBuilder
     applies_to: frozenset[str]  # model families it can be exported for
     default_for: frozenset[str] = frozenset()  # model families whose default scheme this is
+    phases: tuple[str, ...] = ("decode", "prefill")
     aliases: tuple[str, ...] = ()
     description: str = ""
 
@@ -39,7 +41,8 @@ class Scheme:
 
 def _mla(name: str, label: str, short: str, color: str, cache: str, builder: Builder, core: CoreBuilder,
          **kw) -> Scheme:  # fmt: skip
-    return Scheme(name, label, short, color, "mla", cache, builder, core, frozenset({"mla"}), **kw)
+    kw.setdefault("applies_to", MLA_FAMILIES)
+    return Scheme(name, label, short, color, "mla", cache, builder, core, **kw)
 
 
 def _baseline(name: str, label: str, color: str, cache: str, **kw) -> Scheme:
@@ -70,6 +73,11 @@ REGISTRY: dict[str, Scheme] = {
         _mla("mla-merged-per-step", "merged per-step", "per-step", "#8c564b", _LATENT,
              lambda *a: builders.build_mla_merged(*a, per_step=True), builders.core_latent,
              description="the merged weights recomputed every step (§5.5)"),
+        _mla("mla-sparse", "sparse (DSA)", "sparse", "#17becf", f"{_LATENT} + fp8 indexer key (d_i)",
+             builders.build_mla_sparse, builders.core_sparse, applies_to=frozenset({"dsa"}),
+             default_for=frozenset({"dsa"}), phases=("decode",),
+             description="DeepSeek-V3.2 sparse attention: lightning indexer over all L keys, absorbed MLA over the "
+             "index_topk selected latents"),
     )
 }  # fmt: skip
 ALIASES: dict[str, str] = {a: s.name for s in REGISTRY.values() for a in s.aliases}
@@ -105,7 +113,11 @@ def check_applies(scheme: str, model: ModelSpec) -> None:
     """ValueError (for pydantic validators) when a scheme cannot be exported for this model."""
     s = get(scheme)
     if model.family not in s.applies_to:
-        need = "an MLA model (kv_lora_rank set)" if s.family == "mla" else f"a {'/'.join(sorted(s.applies_to))} model"
+        need = (
+            "an MLA model (kv_lora_rank set)"
+            if s.applies_to == MLA_FAMILIES
+            else f"a {'/'.join(sorted(s.applies_to))} model"
+        )
         raise ValueError(f"scheme {s.name} needs {need}; {model.name} is {model.family} "
                          f"(allowed: {', '.join(applicable(model))})")  # fmt: skip
 

@@ -12,6 +12,7 @@ Layout conventions (engines.md §5.3, §11):
 from dataclasses import dataclass
 
 from stream_mla.models import ModelSpec
+from stream_mla.workloads import split_kv
 from stream_mla.workloads.graph import GraphBuilder
 
 
@@ -23,6 +24,7 @@ class Shape:
     queries: int  # Sq: the new tokens for decode (1 unless multi-token), S for prefill
     keys: int  # T: the cache entries read for decode (L, or the window's share of it), S for prefill
     decode: bool
+    chunks: int = 1  # split-KV decode: the cache read in C chunks of T/C keys, then combined (split_kv.py)
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
@@ -72,11 +74,14 @@ def kv_view(b: GraphBuilder, name: str, cache: str) -> str:
     return b.reshape(name, cache, b.shapes[cache])
 
 
-def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, causal: bool) -> str:
+def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, causal: bool, chunks: int = 1) -> str:
     """softmax(sum_i q_i @ k_i^T) @ values. Each term is (score node name, q [B,G',r,d], k [B,G',T,d]);
     every score is reshaped to the first term's [B, G, g*Sq, T] layout before the sum. The block is dense
     (no mask, engines.md #9); `causal` marks its query-key nodes, whose MACs the counter scales to the pairs a
-    causal (and windowed) attention really computes."""
+    causal (and windowed) attention really computes. chunks > 1: the split-KV form (`split_kv.attention`, same
+    result and MACs), whose keys and values may also come pre-chunked as [B, G', C, T/C, d]."""
+    if chunks > 1:
+        return split_kv.attention(b, terms, values, causal, chunks)
     scores = []
     for name, q, k in terms:
         kt = b.transpose(f"{name}_kt", k, (0, 1, 3, 2))
@@ -152,7 +157,7 @@ def build_mha(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
     else:
         k, v = b.split_heads("k_heads", k_new, kv_heads), b.split_heads("v_heads", v_new, kv_heads)
         side = []
-    ctx = attention(b, [("scores", qg, k)], v, causal=True)
+    ctx = attention(b, [("scores", qg, k)], v, causal=True, chunks=s.chunks)
     y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * dh)
     return finish(b, y, side)
 
@@ -161,7 +166,7 @@ def latent_attention(b: GraphBuilder, m: ModelSpec, q_lat: str, q_rope: str, c: 
     """A2-A5: MQA over the shared latent; returns o_lat [B, 1, h*Sq, d_c]."""
     qg_rope = group_queries(b, "q_rope_rows", q_rope, m.heads, 1)
     values = kv_view(b, "c_kv_values", c) if s.decode else c
-    return attention(b, [("scores_lat", q_lat, c), ("scores_rope", qg_rope, kr)], values, causal=True)
+    return attention(b, [("scores_lat", q_lat, c), ("scores_rope", qg_rope, kr)], values, causal=True, chunks=s.chunks)
 
 
 def build_mla_absorb(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
@@ -188,19 +193,34 @@ def up_project(b: GraphBuilder, m: ModelSpec, c_kv: str) -> tuple[str, str]:
     return k, v
 
 
+def reprojected_kv(b: GraphBuilder, m: ModelSpec, c: str, s: Shape) -> tuple[str, str, str, str]:
+    """R1/R2 over the latent cache c [B, 1, T, d_c]: (K_nope, V) per head as [B, h, T, d] (split-KV: the
+    re-projection runs per chunk, [B, h, C, T/C, d], so it fuses into each chunk's attention), then the two
+    projections' own outputs."""
+    h = m.heads
+    if s.chunks > 1:
+        rows = b.reshape("c_kv_rows", c, (s.batch, s.chunks, s.keys // s.chunks, m.kv_lora_rank))
+        k, v = up_project(b, m, rows)
+        return split_kv.chunk_heads(b, "k_heads", k, h), split_kv.chunk_heads(b, "v_heads", v, h), k, v
+    k, v = up_project(b, m, b.reshape("c_kv_rows", c, (s.batch, s.keys, m.kv_lora_rank)))
+    return b.split_heads("k_heads", k, h), b.split_heads("v_heads", v, h), k, v
+
+
 def build_mla_recompute(b: GraphBuilder, m: ModelSpec, x: str, s: Shape, write_expanded: bool = False) -> str:
     """§5.3: K and V re-projected from the latent cache every step. In prefill this is also mla-naive's
     graph (write_expanded: the up-projected K/V, not the latent, are written to the cache)."""
     h = m.heads
     _, q_nope, q_rope = mla_queries(b, m, x)
     c, kr, side = latent_cache(b, m, x, s)
-    k, v = up_project(b, m, b.reshape("c_kv_rows", c, (s.batch, s.keys, m.kv_lora_rank)))
+    k, v, k_up, v_up = reprojected_kv(b, m, c, s)
     if write_expanded:
-        b.kv_writes[:] = [(k, 1), (v, 1), (b.kv_writes[1][0], h)]  # RoPE key stored per head (HF cache)
+        rope_key = b.kv_writes[1][0]
+        b.kv_writes.clear()  # the up-projected K/V are written, and the RoPE key once per head (HF cache)
+        for t, copies in ((k_up, 1), (v_up, 1), (rope_key, h)):
+            b.mark_kv_write(t, copies)
     qn = group_queries(b, "q_nope_heads", q_nope, h, h)
     qr = group_queries(b, "q_rope_rows", q_rope, h, 1)  # shared RoPE key: one K head, heads as rows
-    ctx = attention(b, [("scores_nope", qn, b.split_heads("k_heads", k, h)), ("scores_rope", qr, kr)],
-                    b.split_heads("v_heads", v, h), causal=True)  # fmt: skip
+    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, chunks=s.chunks)
     y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * m.v_head_dim)
     return finish(b, y, side)
 
@@ -219,7 +239,7 @@ def build_mla_naive(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
     kr = b.input("k_rope_cache", (s.batch, h, s.keys, dr))
     v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, h, s.keys, dv)))
     qn, qr = group_queries(b, "q_nope_heads", q_nope, h, h), group_queries(b, "q_rope_heads", q_rope, h, h)
-    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True)
+    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, chunks=s.chunks)
     y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * dv)
     return finish(b, y, [k_new, v_new, kr_new])
 
@@ -254,7 +274,7 @@ def core_mha(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
     q = b.input("q", (s.batch, kv, g * s.queries, dh), cls="activations")
     k = b.input("k_cache", (s.batch, kv, s.keys, dh))
     v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, kv, s.keys, dh)))
-    return attention(b, [("scores", q, k)], v, causal=True)
+    return attention(b, [("scores", q, k)], v, causal=True, chunks=s.chunks)
 
 
 def core_latent(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
@@ -265,7 +285,7 @@ def core_latent(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
     c = b.input("c_kv_cache", (s.batch, 1, s.keys, m.kv_lora_rank))
     kr = b.input("k_rope_cache", (s.batch, 1, s.keys, m.qk_rope_head_dim))
     terms = [("scores_lat", q_lat, c), ("scores_rope", q_rope, kr)]
-    return attention(b, terms, kv_view(b, "c_kv_values", c), causal=True)
+    return attention(b, terms, kv_view(b, "c_kv_values", c), causal=True, chunks=s.chunks)
 
 
 def core_naive(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
@@ -275,7 +295,7 @@ def core_naive(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
     qr = b.input("q_rope", (s.batch, h, s.queries, dr), cls="activations")
     k, kr = b.input("k_nope_cache", (s.batch, h, s.keys, dn)), b.input("k_rope_cache", (s.batch, h, s.keys, dr))
     v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, h, s.keys, dv)))
-    return attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True)
+    return attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, chunks=s.chunks)
 
 
 def core_recompute(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
@@ -286,6 +306,73 @@ def core_recompute(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
     qr = b.input("q_rope", (s.batch, 1, h * s.queries, dr), cls="activations")  # heads as rows: one RoPE key
     c = b.input("c_kv_cache", (s.batch, 1, s.keys, m.kv_lora_rank))
     kr = b.input("k_rope_cache", (s.batch, 1, s.keys, dr))
-    k, v = up_project(b, m, b.reshape("c_kv_rows", c, (s.batch, s.keys, m.kv_lora_rank)))
-    terms = [("scores_nope", qn, b.split_heads("k_heads", k, h)), ("scores_rope", qr, kr)]
-    return attention(b, terms, b.split_heads("v_heads", v, h), causal=True)
+    k, v, _, _ = reprojected_kv(b, m, c, s)
+    return attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, chunks=s.chunks)
+
+
+# ---- DeepSeek sparse attention (mla-sparse, DeepSeek-V3.2) ---------------------------------------------------------
+# The engines have no TopK or Gather: the lightning indexer is costed in full (its projections, the scores of every
+# index head over all T cached index keys, ReLU, the weighted sum over heads), top-k selection is a vector op over
+# the T index scores (ReduceMax: one pass over the row, as a selection kernel reads it), and the k selected latents
+# per query arrive as a graph input of k entries (what a gathering kernel reads from the latent cache).
+INDEX_PRECISION = "fp8"  # DeepSeek-V3.2 caches the indexer keys (and runs the indexer) in fp8
+
+
+def index_scores(b: GraphBuilder, m: ModelSpec, q_rows: str, weights: str, s: Shape) -> str:
+    """I[t, s] = sum_j w_tj ReLU(q_tj . k_s) over all T cached index keys; q_rows [B, 1, n*Sq, d_i] head-major,
+    weights [B, Sq, 1, n]; returns the top-k selection stand-in [B, Sq, 1, 1] (a side output)."""
+    n, di = m.index_n_heads, m.index_head_dim
+    k = b.input("index_k_cache", (s.batch, 1, s.keys, di), precision=INDEX_PRECISION)
+    logits = b.matmul("index_scores", q_rows, b.transpose("index_scores_kt", k, (0, 1, 3, 2)))  # [B,1,n*Sq,T]
+    b.mark_causal(logits)
+    relu = b.relu("index_relu", logits)
+    per_query = b.transpose("index_relu_t", b.reshape("index_relu_split", relu, (s.batch, n, s.queries, s.keys)),
+                            (0, 2, 1, 3))  # fmt: skip
+    total = b.matmul("index_weighted", weights, per_query)  # [B, Sq, 1, T]
+    b.mark_causal(total)
+    return b.reduce("ReduceMax", "index_topk", total)
+
+
+def sparse_attention(b: GraphBuilder, m: ModelSpec, q_lat: str, q_rope: str, s: Shape) -> str:
+    """Absorbed MLA of each query over its own k selected latents: every query token is a group of h query rows
+    against its k gathered entries, q_lat [B, Sq, h, d_c], q_rope [B, Sq, h, d_r] -> [B, Sq, h, d_c]."""
+    k = min(m.index_topk, s.keys)
+    c = b.input("c_kv_selected", (s.batch, s.queries, k, m.kv_lora_rank))
+    kr = b.input("k_rope_selected", (s.batch, s.queries, k, m.qk_rope_head_dim))
+    terms = [("scores_lat", q_lat, c), ("scores_rope", q_rope, kr)]
+    return attention(b, terms, kv_view(b, "c_kv_values", c), causal=False)  # every selected key is attended
+
+
+def build_mla_sparse(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
+    """DeepSeek-V3.2 DSA decode: absorbed MLA over the index_topk latents the lightning indexer selects."""
+    h, dn, dv, dc, n, di = m.heads, m.qk_nope_head_dim, m.v_head_dim, m.kv_lora_rank, m.index_n_heads, m.index_head_dim
+    c_q, q_nope, q_rope = mla_queries(b, m, x)
+    c_kv, k_rope = mla_latent(b, m, x)
+    k_idx = b.layernorm("index_k_norm", b.matmul("index_k_proj", x, b.weight("W_IK", (m.d_model, di))))
+    for t, precision in ((c_kv, None), (k_rope, None), (k_idx, INDEX_PRECISION)):
+        b.mark_kv_write(t, precision=precision)
+    q_idx = group_queries(b, "index_q_rows", b.matmul("index_q", c_q, b.weight("W_IQ", (m.q_in, n * di))), n, 1)
+    w_idx = b.reshape("index_w_rows", b.matmul("index_w", x, b.weight("W_IW", (m.d_model, n))),
+                      (s.batch, s.queries, 1, n))  # fmt: skip
+    topk = index_scores(b, m, q_idx, w_idx, s)
+    w_uk_t = b.per_head_weight("W_UK_heads_t", b.weight("W_UK", (dc, h * dn)), h, transpose=True)
+    q_lat = b.matmul("q_absorb", heads_first(b, "q_nope_heads", q_nope, h), w_uk_t)  # [h, B*Sq, d_c]
+    q_lat = b.transpose("q_lat_t", b.reshape("q_lat_split", q_lat, (h, s.batch, s.queries, dc)), (1, 2, 0, 3))
+    q_r = b.reshape("q_rope_rows", q_rope, (s.batch, s.queries, h, m.qk_rope_head_dim))
+    o_lat = b.reshape("o_lat_rows", sparse_attention(b, m, q_lat, q_r, s), (s.batch, s.queries, h * dc))
+    w_uv = b.per_head_weight("W_UV_heads", b.weight("W_UV", (dc, h * dv)), h, transpose=False)
+    o = b.matmul("v_up", heads_first(b, "o_lat_heads", o_lat, h), w_uv)  # [h, B*Sq, d_v]
+    y = o_proj(b, m, heads_last(b, "o_merged", o, s.batch), h * dv)
+    return finish(b, y, [c_kv, k_rope, k_idx, b.reshape("index_topk_rows", topk, (s.batch, s.queries, 1))])
+
+
+def core_sparse(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
+    """DSA's two kernels: the indexer's scores over all T index keys with top-k selection, and the sparse absorbed
+    attention over the k selected latents; queries (and index queries and weights) arrive projected."""
+    h, dc, dr, n, di = m.heads, m.kv_lora_rank, m.qk_rope_head_dim, m.index_n_heads, m.index_head_dim
+    q_idx = b.input("index_q", (s.batch, 1, n * s.queries, di), cls="activations")
+    w_idx = b.input("index_w", (s.batch, s.queries, 1, n), cls="activations")
+    topk = index_scores(b, m, q_idx, w_idx, s)
+    q_lat = b.input("q_lat", (s.batch, s.queries, h, dc), cls="activations")
+    q_rope = b.input("q_rope", (s.batch, s.queries, h, dr), cls="activations")
+    return b.sink_side_outputs(sparse_attention(b, m, q_lat, q_rope, s), [topk])

@@ -46,6 +46,11 @@ def canonical_weights(m: ModelSpec, seed: int) -> dict[str, np.ndarray]:
     w["kv_a_layernorm"] = gain(dc)
     w["kv_b_proj"] = linear(h * (dn + dv), dc)
     w["o_proj"] = linear(d, h * dv)
+    if m.index_topk:  # DSA's lightning indexer (its k_norm LayerNorm without affine, like the other gains' fold)
+        n, di = m.index_n_heads, m.index_head_dim
+        w["indexer.wq_b"] = linear(n * di, m.q_in)
+        w["indexer.wk"] = linear(di, d)
+        w["indexer.weights_proj"] = linear(n, d)
     return w
 
 
@@ -83,6 +88,12 @@ def mla_factors(m: ModelSpec, cw: dict[str, np.ndarray]) -> dict[str, np.ndarray
     uv = f["W_UV"].reshape(dc, h, dv)
     wo = f["W_O"].reshape(h, dv, m.d_model)
     f["W_VO"] = np.einsum("chv,hvd->hcd", uv, wo).reshape(h * dc, m.d_model)
+    if m.index_topk:  # index weights carry DeepSeek's n^-1/2 and d_i^-1/2 scales; the q latent's gain folds in
+        n, di = m.index_n_heads, m.index_head_dim
+        gain = cw["q_a_layernorm"][:, None] if m.q_lora_rank else 1.0
+        f["W_IQ"] = cw["indexer.wq_b"].T * gain
+        f["W_IK"] = cw["indexer.wk"].T
+        f["W_IW"] = cw["indexer.weights_proj"].T / np.sqrt(n * di)
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in f.items()}
 
 

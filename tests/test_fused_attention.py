@@ -1,0 +1,178 @@
+"""The fused-attention Stream strategy and the strategy search (issue 8 part 3): the mapping's structure for every
+scheme (no solve), the graph Stream is given for it, and small real Stream runs on edge-npu (V2-Lite, small L):
+fused attention at or above the roofline with the guard clean, and the search returning the fastest valid strategy.
+The heavy version (V3 on h100-like and h20-like) is scripts/physics_report.py."""
+
+import onnx
+import pytest
+
+from stream_mla.engines import Hardware
+from stream_mla.engines.result import AUTO_STRATEGIES, STREAM_STRATEGIES
+from stream_mla.engines.stream_guard import BELOW_PHYSICS
+from stream_mla.engines.stream_mapping import MATRIX_OPS, attention_core, compute_cores, fused_attention_mapping
+from stream_mla.engines.stream_runner import DEFAULT_FUSION, FUSED_ATTENTION, evaluate_stream, stream_graph
+from stream_mla.models import PRESETS as MODELS
+from stream_mla.platforms import PRESETS
+from stream_mla.workloads import export, make_spec, registry
+from stream_mla.workloads.split_kv import COMBINE_NODES
+
+LITE = MODELS["deepseek-v2-lite"]
+DENSE = [s for s in registry.applicable(LITE)]
+
+
+def lite(scheme, **kw):
+    return make_spec(model=LITE, scheme=scheme, **({"kv_heads": 4} if scheme == "gqa" else {}), **kw)
+
+
+def test_strategy_registry():
+    assert FUSED_ATTENTION in STREAM_STRATEGIES and DEFAULT_FUSION in STREAM_STRATEGIES
+    assert set(AUTO_STRATEGIES) == {"keep-softmax", "fixed-mapping", FUSED_ATTENTION, DEFAULT_FUSION}
+
+
+@pytest.mark.parametrize("scheme", DENSE)
+@pytest.mark.parametrize("part", ["layer", "core"])
+def test_fused_group_holds_the_attention_core_and_the_combine(tmp_path, scheme, part):
+    """One group: the score products, the per-chunk softmax, the context product, the combine, and (recompute) the
+    re-projection of the cache; every other layer in a group of its own; matrix nodes split over the 8 matrix cores
+    along the chunks, vector nodes on the vector core; groups in an order where producers come first."""
+    spec = lite(scheme, context=1024, part=part, kv_chunks=16)
+    path = export(spec, tmp_path / "g.onnx")
+    core, combine = attention_core(path)
+    assert combine == list(COMBINE_NODES)
+    assert {"chunk_m", "chunk_shift", "chunk_p", "chunk_l", "ctx"} <= set(core)
+    scores = {n.name for n in onnx.load(str(path)).graph.node if n.name.startswith("scores") and n.op_type == "MatMul"}
+    assert scores and scores <= set(core)
+    assert ({"k_up", "v_up"} <= set(core)) == (scheme == "mla-recompute")
+    assert not {"q_proj", "q_absorb", "q_down", "o_proj", "v_up_proj", "q_merged", "merge_qk"} & set(core)
+    hw = Hardware.from_platform(PRESETS["h100-like"])
+    mapping = fused_attention_mapping(path, hw.stream, 2)
+    groups = mapping["fused_groups"]
+    (attn,) = [g for g in groups if g["name"] == "attention"]
+    assert attn["layers"] == [n for n in [*core, *combine] if n in attn["layers"]] and len(attn["layers"]) == len(
+        core) + len(combine)  # fmt: skip
+    assert all(len(g["layers"]) == 1 for g in groups if g is not attn)
+    layers = {entry["name"]: entry for entry in mapping["layers"]}
+    matrix = [c.id for c in compute_cores(hw.stream) if c.runs("MatMul")]
+    ops = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    for name in attn["layers"]:
+        if ops[name] in MATRIX_OPS:
+            assert layers[name]["core_allocation"] == [matrix]
+            assert layers[name]["inter_core_tiling"][0][0]["split"] == len(matrix)
+        else:
+            assert layers[name]["core_allocation"] == [[len(matrix)]]  # the vector core
+    order = [n for g in groups for n in g["layers"]]
+    graph = onnx.load(str(path)).graph
+    producer = {o: n.name for n in graph.node for o in n.output}
+    place = {name: i for i, g in enumerate(groups) for name in g["layers"]}
+
+    def sources(node):  # the compute nodes feeding it, through views
+        for t in node.input:
+            p = producer.get(t)
+            if p is None:
+                continue
+            if p in place:
+                yield p
+            else:
+                yield from sources(next(n for n in graph.node if n.name == p))
+
+    for n in graph.node:
+        if n.name in place:
+            assert all(place[s] <= place[n.name] for s in sources(n)), n.name
+    assert len(order) == len(set(order))
+
+
+def test_the_fused_graph_reads_the_latent_once(tmp_path):
+    """x gets a copy per reader (the truncation fix); the latent cache, read as keys and as values inside the fused
+    group only, stays one input, without its unit head axis (Stream otherwise transfers it once per reader)."""
+    path = export(lite("mla-absorb", context=1024, kv_chunks=4), tmp_path / "g.onnx")
+    fused = onnx.load(str(stream_graph(path, tmp_path, fused=True)))
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in fused.graph.input}
+    assert inputs["c_kv_cache__squeezed"] == [1024, 512]
+    assert "c_kv_cache" not in inputs and sum(n.startswith("x__for_") for n in inputs) == 4  # V2-Lite: no q_lora
+    (tmp_path / "plain").mkdir()
+    plain = onnx.load(str(stream_graph(path, tmp_path / "plain")))  # other strategies: a copy per reader
+    assert {"c_kv_cache__for_scores_lat", "c_kv_cache__for_ctx"} <= {i.name for i in plain.graph.input}
+
+
+@pytest.fixture(scope="module")
+def edge():
+    return Hardware.from_platform(PRESETS["edge-npu"])
+
+
+@pytest.fixture(scope="module")
+def searched(edge, tmp_path_factory):
+    """V2-Lite absorb decode at L = 256 in 4 chunks, searched over three strategies (about 30 s)."""
+    tmp = tmp_path_factory.mktemp("search")
+    path = export(lite("mla-absorb", context=256, kv_chunks=4), tmp / "absorb.onnx")
+    return evaluate_stream(path, edge, tmp, strategies=("keep-softmax", "fixed-mapping", FUSED_ATTENTION))
+
+
+def test_search_returns_the_fastest_valid_strategy(searched):
+    r = searched
+    assert set(r.strategies) == {"keep-softmax", "fixed-mapping", FUSED_ATTENTION}
+    ok = {k: v for k, v in r.strategies.items() if v["status"] == "ok"}
+    assert len(ok) == 3 and not r.warnings
+    assert r.strategy == min(ok, key=lambda k: ok[k]["latency_cycles"])
+    assert r.latency_cycles == ok[r.strategy]["latency_cycles"]
+    assert r.engine_wall_s >= sum(v["wall_s"] for v in r.strategies.values()) * 0.99
+    for v in ok.values():  # every number the search saw passed the guard
+        assert v["roofline_ratio"] >= 1 and v["dram_ratio"] >= 1
+
+
+def test_fused_attention_at_or_above_the_roofline(searched):
+    """The fused core moves the layer's bytes once (no score round trips): within 2 % of the analytic DRAM bytes,
+    and the run is at or above the roofline, faster than cutting after every layer."""
+    fused = searched.strategies[FUSED_ATTENTION]
+    assert fused["note"] == "kv_chunks 4"
+    assert 1.0 <= fused["roofline_ratio"] <= 1.15
+    assert 1.0 <= fused["dram_ratio"] <= 1.02
+    assert fused["latency_cycles"] < searched.strategies["keep-softmax"]["latency_cycles"]
+    assert searched.strategy == FUSED_ATTENTION
+    (attn,) = [n for n in searched.nodes if n.name.startswith("scores_lat+")]
+    assert attn.name.endswith("+combine") and attn.macs == 16 * 256 * (2 * 512 + 64)
+    assert sum(n.macs for n in searched.nodes) == searched.macs
+
+
+def test_fused_attention_on_a_plain_graph_fuses_the_softmax(edge, tmp_path):
+    """MHA on one matrix core: the default C is 1, so the core is fused around its Softmax, split over heads."""
+    path = export(lite("mha", context=256), tmp_path / "mha.onnx")
+    r = evaluate_stream(path, edge, tmp_path, strategies=(FUSED_ATTENTION,))
+    assert r.strategy == FUSED_ATTENTION and not r.warnings
+    assert r.strategies[FUSED_ATTENTION]["note"] == "kv_chunks 1"
+    assert r.roofline_bound_s <= r.latency_s <= 1.1 * r.roofline_bound_s
+    assert any(n.name == "scores+probs+ctx" for n in r.nodes)
+
+
+def test_search_skips_a_faster_result_below_physics(edge, tmp_path):
+    """V2-Lite MQA at L = 1024 handed to Stream as given: default fusion truncates q_proj and is the fastest number,
+    so the search must refuse it and return the fastest valid one (about 30 s)."""
+    spec = make_spec(model=LITE, scheme="mqa", context=1024)
+    path = export(spec, tmp_path / "mqa.onnx")
+    r = evaluate_stream(path, edge, tmp_path, strategies=(DEFAULT_FUSION, "keep-softmax", FUSED_ATTENTION),
+                        split_inputs=False)  # fmt: skip
+    bad = r.strategies[DEFAULT_FUSION]
+    assert bad["status"] == BELOW_PHYSICS and bad["latency_cycles"] < r.latency_cycles
+    ok = {k: v for k, v in r.strategies.items() if v["status"] == "ok"}
+    assert r.strategy == min(ok, key=lambda k: ok[k]["latency_cycles"]) and r.latency_s >= r.roofline_bound_s
+    assert any(w.startswith(f"strategy {DEFAULT_FUSION}: {BELOW_PHYSICS}") for w in r.warnings)
+
+
+def test_split_kv_fits_what_no_other_strategy_fits(tmp_path):
+    """V2-Lite MHA at L = 32768 on one 64x64 core with 256 KiB of SRAM and a 64 KiB vector unit: the Softmax rows
+    fit under no cut and no fixed mapping (test_engines.py: the infeasible message), but a split-KV chunk does."""
+    from test_engines import USER_PLATFORM
+
+    from stream_mla.engines import evaluate
+
+    tiny = USER_PLATFORM.replace("my-npu", "tiny-npu").replace("4 MiB", "256 KiB").replace("cores: 2", "cores: 1")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(tiny + "vector_sram_bytes: 64 KiB\n")
+    r = evaluate(lite("mha", context=32768), str(path), workdir=tmp_path / "run")
+    assert r.strategy == FUSED_ATTENTION and r.latency_s >= r.roofline_bound_s
+    status = {k: v["status"] for k, v in r.strategies.items()}
+    assert status == {"keep-softmax": "infeasible", "fixed-mapping": "infeasible", FUSED_ATTENTION: "ok",
+                      DEFAULT_FUSION: "skipped"}  # fmt: skip
+    assert r.strategies[DEFAULT_FUSION]["note"].startswith("the best strategy is already 1.0")  # within 5 %
+    assert r.strategies[FUSED_ATTENTION]["note"] == "kv_chunks 256"  # 128 keys a chunk
+    assert 1.0 <= r.strategies[FUSED_ATTENTION]["dram_ratio"] <= 1.02
+    assert any(w.startswith("strategy keep-softmax: layer scores") for w in r.warnings)
