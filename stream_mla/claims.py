@@ -208,16 +208,23 @@ def _util(r: pd.Series) -> str:
             dram += f" (layer-by-layer {r['layer_by_layer_bytes'] / r['dram_bytes']:.2f})"
         parts.append(dram)
     if pd.notna(r.get("hotspot")) and r["hotspot"] and pd.notna(r.get("hotspot_mac_util")):
-        parts.append(f"{r['hotspot']} {r['hotspot_cycle_share']:.0%} of cycles at {r['hotspot_mac_util']:.1%} "
-                     "of peak MAC/s")  # fmt: skip
+        share, util = r["hotspot_cycle_share"], r["hotspot_mac_util"]
+        parts.append(f"{step_name(r['hotspot'])} {share:.0%} of cycles at {util:.1%} of peak MAC/s")
     return ", ".join([*parts, _refetch(r)] if _refetch(r) else parts)
+
+
+def step_name(name: str, keep: int = 3) -> str:
+    """A costed step's name, short: a fused group of many nodes ("a+b+...+z") as its first and last node and how
+    many it fuses, so that a sentence naming it stays readable."""
+    nodes = str(name).split("+")
+    return name if len(nodes) <= keep else f"{nodes[0]}+…+{nodes[-1]} (a fused group of {len(nodes)} nodes)"
 
 
 def _refetch(r: pd.Series) -> str:
     excess = r.get("excess_bytes")
     if pd.isna(excess) or excess <= 0.01 * r["dram_bytes"]:
         return ""
-    return f"{r['excess_step']} re-fetches {excess / 1e6:.1f} MB beyond its inputs and outputs"
+    return f"{step_name(r['excess_step'])} re-fetches {excess / 1e6:.1f} MB beyond its inputs and outputs"
 
 
 def _headline(r: pd.Series) -> str:
@@ -227,7 +234,7 @@ def _headline(r: pd.Series) -> str:
     if pd.notna(r.get("engine_dram_bytes")) and r["dram_bytes"]:
         parts.append(f"{r['engine_dram_bytes'] / r['dram_bytes']:.2f}x the analytic bytes")
     hot = pd.notna(r.get("hotspot")) and r["hotspot"] and pd.notna(r.get("hotspot_mac_util"))
-    extra = _refetch(r) or (f"{r['hotspot']} at {r['hotspot_mac_util']:.0%} of peak MAC/s" if hot else "")
+    extra = _refetch(r) or (f"{step_name(r['hotspot'])} at {r['hotspot_mac_util']:.0%} of peak MAC/s" if hot else "")
     return ", ".join([*parts, extra] if extra else parts)
 
 

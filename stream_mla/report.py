@@ -30,7 +30,7 @@ ol.answers li{margin:.15em 0}table{border-collapse:collapse;margin:.5em 0;font-s
 td,th{border:1px solid #bbb;padding:2px 6px;vertical-align:top;text-align:left}th{background:#eee}
 .PASS{background:#d4f4d4}.FAIL{background:#f8d0d0}.NODATA{background:#eee}.v{padding:0 4px;border-radius:3px}
 details{margin:.4em 0}summary{cursor:pointer;font-weight:bold}img{max-width:100%;border:1px solid #ddd}
-figure{margin:1.5em 0}"""
+figure{margin:1.5em 0}li,td{overflow-wrap:anywhere}"""
 
 
 def _fmt(v) -> str:
@@ -171,11 +171,36 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
     return ok.drop_duplicates("key").reset_index(drop=True) if "key" in ok.columns else ok
 
 
+def _kilo(L: int) -> str:
+    return f"{L // 1024}k" if L % 1024 == 0 else f"{L:,}"
+
+
+def _versus(margin: str, runner_up: str) -> str:
+    if not runner_up:
+        return "alone"
+    return f"ties with {runner_up}" if margin == "1.00x" else f"{margin} faster than {runner_up}"
+
+
+def recommendation_grid(t: pd.DataFrame) -> pd.DataFrame:
+    """The recommendation table one row per (platform, model, batch[, precision]) and one column per context: the
+    recommended scheme, its bound and its margin over the runner-up, so the answer fits the first screen."""
+    keys = [c for c in ("platform", "model", "B", "precision") if c in t.columns]
+    cells = t.assign(
+        cell=[f"{r['recommended']} ({r['reason'].split(':')[0].removesuffix('-bound')}; "
+              + _versus(r["margin"], r["runner-up"]) + ")" for _, r in t.iterrows()],
+        column=[f"L = {_kilo(int(L))}" for L in t["L"]],
+    )  # fmt: skip
+    grid = cells.pivot_table(index=keys, columns="column", values="cell", aggfunc="first", sort=False)
+    columns = [f"L = {_kilo(int(L))}" for L in sorted(t["L"].unique())]
+    return grid.reindex(columns=columns).reset_index().rename_axis(columns=None)
+
+
 def _recommendations_html(ok: pd.DataFrame) -> str:
     t = recommendation_table(ok) if len(ok) else pd.DataFrame()
     if t.empty:
         return "<p>No stored analytic decode rows at L = 1k, 4k or 32k.</p>"
-    return _table(t, "recommend")
+    return (f"{_table(recommendation_grid(t), 'recommend')}<details><summary>Why: the reason for each "
+            f"recommendation ({len(t)} points)</summary>{_table(t, 'recommend')}</details>")  # fmt: skip
 
 
 def render_report(df: pd.DataFrame, figures_dir: str | Path | None) -> str:

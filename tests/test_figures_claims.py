@@ -256,8 +256,11 @@ def test_report_answers_first(table, figures, tmp_path):
     assert text.index('<ol class="answers">') < text.index('class="recommend"') < first_figure
     answers = text[text.index('<ol class="answers">') : first_figure]
     assert answers.count("<li>") == 6 and "analytic PASS" in answers and "stream PASS" in answers
+    # the first screen: one row per platform and model, one column per context; the reasons, collapsed, beneath it
+    assert "<th>L = 1k</th><th>L = 4k</th><th>L = 32k</th>" in answers
+    assert re.search(r">h100-like</td><td>deepseek-v3</td><td>1</td><td>absorb \((memory|compute); ", answers)
     assert ">h100-like</td><td>deepseek-v3</td><td>1</td><td>4096</td><td>absorb</td>" in answers
-    assert text.index("<details>") > first_figure  # the evidence, collapsed, after the figures
+    assert text.index("<details><summary>C1") > first_figure  # the evidence, collapsed, after the figures
     swept = text[text.index("<h2>Platforms swept</h2>") : text.index("<h2>Models swept</h2>")]
     assert all(p in swept for p in ("h100-like", "h20-like", "cloud-fusemax"))
     assert "edge-npu" not in swept and "tpu-v5e-like" not in swept  # presets never swept are not listed
@@ -349,3 +352,10 @@ def test_reproduce_command_end_to_end(tmp_path, capsys):
     for name, data in files.items():
         if name != "results.sqlite":  # the store holds creation times
             assert (out / name).read_bytes() == data, name
+
+
+def test_step_names_stay_readable():
+    from stream_mla.claims import step_name
+
+    assert step_name("k_up+v_up+ctx") == "k_up+v_up+ctx"  # a short group is named in full
+    assert step_name("a+b+c+d+e") == "a+…+e (a fused group of 5 nodes)"
