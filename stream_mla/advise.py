@@ -17,6 +17,7 @@ from fractions import Fraction
 import pandas as pd
 import pydantic
 
+from stream_mla.engines import registry as engine_registry
 from stream_mla.errors import SpecError, first_error
 from stream_mla.models import resolve_name_or_path
 from stream_mla.sweeps.points import SweepPoint, run_point
@@ -240,7 +241,7 @@ def advise(model: str, platform: str, *, phase: str = "decode", batch: int = 1, 
     fits = {p.scheme: _fit_point(p, r) for p, r in zip(pts, rows, strict=True)}
     by_scheme = {p.scheme: p for p in pts}
     ranked = rank(rows, fits, _verifier(by_scheme))
-    return ranked if engine == "analytic" else _confirm(ranked, by_scheme, engine)
+    return _confirm(ranked, by_scheme, engine) if engine_registry.get(engine).measured else ranked
 
 
 # ---------------------------------------------------------------------------------------------- from a store

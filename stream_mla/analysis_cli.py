@@ -14,6 +14,7 @@ from stream_mla.sweeps.store import DEFAULT_DB, ResultStore
 RESULTS = Path(DEFAULT_DB).parent  # what `make figures` (`reproduce -o results`) writes: store, figures, report
 FIGURES = str(RESULTS / "figures")
 REPORT = str(RESULTS / "report.html")
+EXPLORE = str(RESULTS / "explore")
 CLAIMS_EXIT = """exit status: 0 when no analytic verdict fails (engine verdicts are findings to explain, §8), 1 when one
 does (with --strict: when any verdict fails), 2 for bad input (no store at --db). NO DATA (rows absent) is no
 failure."""
@@ -79,14 +80,37 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from stream_mla.claims import format_claims, summary_table
     from stream_mla.reproduce import reproduce
+    from stream_mla.sweeps.cli import summary_line
     from stream_mla.sweeps.spec import load_sweep
 
     spec = None if args.spec is None else load_sweep(args.spec)
     r = reproduce(args.output, spec, workers=args.workers, progress=not args.quiet)
     s, w = r["sweep"], r["walls"]
     print(format_claims(summary_table(r["claims"])), end="")  # the summary; claims.txt has every check
-    print(f"{s['total']} points ({s['done']} computed, {s['cached']} cached, {s['failed']} failed), "
-          f"{len(r['figures'])} figure files, report {r['report']}; {w['total_s']:.1f} s")  # fmt: skip
+    print(f"{summary_line(s)}; {len(r['figures'])} figure files, report {r['report']}; {w['total_s']:.1f} s")
+
+
+def cmd_explore(args: argparse.Namespace) -> None:
+    import sys
+
+    from stream_mla.explore import EXAMPLE, load_explore, run_explore, summary
+    from stream_mla.io import FOLDER, Outputs
+
+    def progress(text: str) -> None:  # one line, rewritten in place, on a terminal only
+        if sys.stderr.isatty():
+            print(f"\rexplore: {text}"[:100].ljust(100), end="", file=sys.stderr, flush=True)
+
+    ex = load_explore(args.spec or EXAMPLE)  # the spec first: a bad one leaves no folder behind
+    outputs = Outputs()  # the output policy of the other commands (stream_mla.io)
+    out = outputs.prepare(args.output, "-o/--output", FOLDER)
+    try:
+        result = run_explore(ex, out, progress=progress)
+    except BaseException:
+        outputs.discard()
+        raise
+    if sys.stderr.isatty():
+        print("\r" + " " * 100 + "\r", end="", file=sys.stderr, flush=True)
+    print(summary(result, args.output))
 
 
 def _add_advise(subparsers) -> None:
@@ -115,7 +139,8 @@ def _add_advise(subparsers) -> None:
 
 
 def add_commands(subparsers) -> None:
-    """Add `figures`, `claims`, `report`, `reproduce`, `advise` and `validate` to an argparse sub-parser collection."""
+    """Add `figures`, `claims`, `report`, `reproduce`, `advise`, `explore` and `validate` to an argparse sub-parser
+    collection."""
     fi = subparsers.add_parser("figures", help="figures F1-F6 (PNG, SVG and CSV) from the results store")
     fi.add_argument("--db", default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
     fi.add_argument("-o", "--output", default=FIGURES, help=f"output folder (default {FIGURES}, where `report` looks)")
@@ -138,6 +163,12 @@ def add_commands(subparsers) -> None:
     rr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rr.set_defaults(func=cmd_reproduce)
     _add_advise(subparsers)
+    ex = subparsers.add_parser("explore", help="co-design: winner maps and latency-energy fronts over platform "
+                               "parameters x workloads (analytic, 1e5-1e6 points)")  # fmt: skip
+    ex.add_argument("spec", metavar="SPEC", nargs="?", help="explore spec YAML (default: the shipped example, "
+                    "stream_mla/data/explore-example.yaml)")  # fmt: skip
+    ex.add_argument("-o", "--output", default=EXPLORE, help=f"output folder (default {EXPLORE})")
+    ex.set_defaults(func=cmd_explore)
     va = subparsers.add_parser("validate", help="published GPU kernel measurements against the model's predictions")
     va.add_argument("--engine", action="append", choices=("analytic", "stream"), help="engine(s) predicting each "
                     "measurement; repeat for both (default analytic; stream runs each point, minutes)")  # fmt: skip

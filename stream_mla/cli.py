@@ -137,6 +137,7 @@ OUTPUTS = {
     "figures": {"output": ("-o/--output", FOLDER)},
     "report": {"output": ("-o/--output", FILE)},
     "reproduce": {"output": ("-o/--output", FOLDER)},
+    "explore": {"output": ("-o/--output", FOLDER)},
     "sweep": {"db": ("--db", STORE)},
 }
 # The files a command reads (dest -> flag): no output may overwrite one. A sweep's --db is both, by design.

@@ -18,7 +18,8 @@ def reproduce(out_dir: str | Path = "results", spec: SweepSpec | Iterable[SweepP
               progress: bool = True) -> dict:  # fmt: skip
     """Run `spec` (default: the embedded reproduction sweep) into `out_dir/results.sqlite`, then write
     `figures/`, `claims.txt` (summary and every check), `claims.json` (the check records) and `report.html` there.
-    Returns the sweep stats, the claim results and the wall time of each step."""
+    Returns the sweep summary (`run_sweep`'s: computed, reused, failed, failed_before), the claim results and
+    the wall time of each step."""
     out = Path(out_dir)
     walls = {}
     t = time.perf_counter()

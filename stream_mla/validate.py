@@ -14,6 +14,7 @@ from typing import Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
+from stream_mla.engines import registry
 from stream_mla.errors import SpecError, first_error, read_document
 from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import load_platform
@@ -118,11 +119,7 @@ def predict(m: Measurement, engine: str = "analytic", timeout_s: float = 900.0) 
     plat = plat.at_precision(spec.compute_precision)
     c = count(build(spec))
     r = roofline(c, plat.peak_mac_per_s, plat.dram_bytes_per_s)
-    seconds = r.bound_s
-    if engine != "analytic":
-        from stream_mla.engines import evaluate
-
-        seconds = evaluate(spec, plat, engine, timeout_s=timeout_s).latency_s
+    seconds = registry.get(engine).evaluate(spec, plat, counts=c, timeout_s=timeout_s).latency_s  # analytic: r.bound_s
     work = c["bytes"]["total"] if m.metric == "GB/s" else c["flops"]
     predicted = work / seconds / UNIT[m.metric]
     ratio = m.value / predicted

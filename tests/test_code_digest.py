@@ -35,8 +35,8 @@ def test_digest_follows_the_code_a_row_depends_on(tmp_path):
 def test_a_code_change_recomputes_stored_points(tmp_path, monkeypatch):
     pts = [SweepPoint(model="deepseek-v2-lite", scheme=s, context=512, platform="edge-npu") for s in ("mha", "mqa")]
     db = tmp_path / "r.sqlite"
-    assert run_sweep(pts, db, workers=1, progress=False)["done"] == 2
-    assert run_sweep(pts, db, workers=1, progress=False)["cached"] == 2
+    assert run_sweep(pts, db, workers=1, progress=False)["computed"] == 2
+    assert run_sweep(pts, db, workers=1, progress=False)["reused"] == 2
     monkeypatch.setattr(points, "code_digest", lambda engines, root=PACKAGE: "another-version")
     again = run_sweep(pts, db, workers=1, progress=False)
-    assert (again["done"], again["cached"]) == (2, 0)
+    assert (again["computed"], again["reused"]) == (2, 0)

@@ -340,7 +340,7 @@ def test_reproduce_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "repro"
     assert main(["reproduce", str(spec), "-o", str(out), "-q"]) == 0
     first = capsys.readouterr().out
-    assert "18 points (18 computed, 0 cached, 0 failed)" in first
+    assert "18 points: 18 computed, 0 reused, 0 failed;" in first
     files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert {"results.sqlite", "claims.txt", "claims.json", "report.html", "figures/F1_oi_vs_context.png"} <= set(files)
     stored = evaluate_claims(load_table(out / "results.sqlite"))
@@ -348,7 +348,7 @@ def test_reproduce_command_end_to_end(tmp_path, capsys):
     assert files["claims.txt"].decode() == format_claims(stored)
     assert format_claims(summary_table(stored)) in first  # the console shows the summary
     assert main(["reproduce", str(spec), "-o", str(out), "-q"]) == 0
-    assert "18 points (0 computed, 18 cached, 0 failed)" in capsys.readouterr().out
+    assert "18 points: 0 computed, 18 reused, 0 failed;" in capsys.readouterr().out
     for name, data in files.items():
         if name != "results.sqlite":  # the store holds creation times
             assert (out / name).read_bytes() == data, name

@@ -13,7 +13,7 @@ from stream_mla.engines.stream_mapping import MATRIX_OPS, attention_core, comput
 from stream_mla.engines.stream_runner import DEFAULT_FUSION, FUSED_ATTENTION, evaluate_stream, stream_graph
 from stream_mla.models import PRESETS as MODELS
 from stream_mla.platforms import PRESETS
-from stream_mla.workloads import export, make_spec, registry
+from stream_mla.workloads import build, export, make_spec, registry
 from stream_mla.workloads.split_kv import COMBINE_NODES
 
 LITE = MODELS["deepseek-v2-lite"]
@@ -172,7 +172,84 @@ def test_split_kv_fits_what_no_other_strategy_fits(tmp_path):
     status = {k: v["status"] for k, v in r.strategies.items()}
     assert status == {"keep-softmax": "infeasible", "fixed-mapping": "infeasible", FUSED_ATTENTION: "ok",
                       DEFAULT_FUSION: "skipped"}  # fmt: skip
-    assert r.strategies[DEFAULT_FUSION]["note"].startswith("the best strategy is already 1.0")  # within 5 %
+    assert r.strategies[DEFAULT_FUSION]["note"].startswith(f"{FUSED_ATTENTION} is already 1.0")  # within 5 %
     assert r.strategies[FUSED_ATTENTION]["note"] == "kv_chunks 256"  # 128 keys a chunk
     assert 1.0 <= r.strategies[FUSED_ATTENTION]["dram_ratio"] <= 1.02
     assert any(w.startswith("strategy keep-softmax: layer scores") for w in r.warnings)
+
+
+PREFILL = [s for s in DENSE if "prefill" in registry.get(s).phases]
+
+
+@pytest.mark.parametrize("scheme", PREFILL)
+def test_prefill_core_runs_from_the_score_products_to_the_context(tmp_path, scheme):
+    """Prefill has no cache input (K and V are made in the graph): its fused core starts at the score products
+    (q·kᵀ, and the rope half where the scheme has one) and ends at the context product; no projection is in it."""
+    path = export(lite(scheme, phase="prefill", context=128), tmp_path / "g.onnx")
+    core, combine = attention_core(path)
+    graph = onnx.load(str(path)).graph
+    ops = {n.name: n.op_type for n in graph.node}
+    softmax = [n for n in graph.node if n.op_type == "Softmax"]
+    assert combine == [] and len(softmax) == 1 and softmax[0].name in core
+    producer = {o: n for n in graph.node for o in n.output}
+    ctx = [n.name for n in graph.node if n.op_type == "MatMul" and softmax[0].output[0] in n.input]
+    assert ctx and ctx[0] in core
+    weights = {t.name for t in graph.initializer}
+    for name in core:  # nothing in the core reads a weight: projections stay outside
+        node = next(n for n in graph.node if n.name == name)
+        assert not (set(node.input) & weights) or ops[name] not in MATRIX_OPS, name
+    first = [
+        n
+        for n in core
+        if ops[n] == "MatMul"
+        and all(
+            t not in producer or producer[t].name not in core for t in next(x for x in graph.node if x.name == n).input
+        )
+    ]
+    assert first and all(n != ctx[0] for n in first)  # the score products open the core
+
+
+def test_prefill_runs_on_stream_with_fused_attention(edge, tmp_path):
+    """A small prefill (V2-Lite absorb, S = 64) runs under the search: fused attention is a valid candidate, and
+    every result is at or above the roofline with the guard clean."""
+    path = export(lite("mla-absorb", phase="prefill", context=64), tmp_path / "p.onnx")
+    res = evaluate_stream(path, edge, tmp_path, strategies=("fixed-mapping", FUSED_ATTENTION))
+    assert res.strategies[FUSED_ATTENTION]["status"] == "ok"
+    assert all(r["roofline_ratio"] >= 1.0 for r in res.strategies.values() if r["status"] == "ok")
+    assert res.latency_s >= res.roofline_bound_s
+
+
+def test_the_search_skips_only_what_cannot_win(edge):
+    """A strategy is left out only when it cannot beat the best result so far by more than 1 %: the roofline bounds
+    every strategy, and a cut after every layer moves at least (0.99 of) the layer-by-layer bytes through DRAM."""
+    from dataclasses import replace
+
+    from stream_mla.engines.result import Result
+    from stream_mla.engines.stream_runner import search_skips
+
+    bits = edge.dram_bits_per_cycle
+    counts = {"bytes_layer_by_layer": 4_000_000}  # 32e6 bits: the per-layer floor is 0.99 x 32e6 / bits cycles
+    floor = 0.99 * 32e6 / bits
+    best = Result(engine="stream", engine_version="", platform="edge-npu", workload="w", clock_ghz=edge.clock_ghz,
+                  latency_cycles=floor * 0.9, energy_breakdown_pj={}, macs=0, dram_bytes=1, engine_dram_bytes=1.0,
+                  roofline_bound_s=floor * 0.5 / (edge.clock_ghz * 1e9), bound="memory", strategy=FUSED_ATTENTION,
+                  engine_wall_s=0.0)  # fmt: skip
+    assert search_skips("keep-softmax", edge, [], counts) == ""  # nothing to compare with yet: it runs
+    assert "below what a cut after every layer moves" in search_skips("keep-softmax", edge, [best], counts)
+    assert "below what a cut after every layer moves" in search_skips("fixed-mapping", edge, [best], counts)
+    slower = replace(best, latency_cycles=floor * 1.01)  # above the floor (and 2x the roofline): they may win
+    assert search_skips("keep-softmax", edge, [slower], counts) == ""
+    assert search_skips(FUSED_ATTENTION, edge, [replace(best, strategy="keep-softmax")], counts) == ""
+    near = replace(slower, roofline_bound_s=slower.latency_s / 1.009)  # within 1 % of the roofline: none can gain
+    assert search_skips("keep-softmax", edge, [near], counts).endswith("is already 1.009x the roofline")
+    assert search_skips(FUSED_ATTENTION, edge, [near], counts) != ""
+
+
+def test_per_layer_strategies_move_at_least_the_layer_by_layer_bytes(searched):
+    """The floor the search relies on, measured: keep-softmax and the fixed mapping cut after every layer and move
+    at least 0.99 of the layer-by-layer bytes (the graph's count: every node's inputs and outputs)."""
+    from stream_mla.workloads.counts import count
+
+    lbl = count(build(lite("mla-absorb", context=256, kv_chunks=4)))["bytes_layer_by_layer"]
+    for name in ("keep-softmax", "fixed-mapping"):
+        assert searched.strategies[name]["engine_dram_bytes"] >= 0.99 * lbl, name

@@ -173,3 +173,23 @@ def test_a_strategy_below_physics_falls_back_and_is_recorded(edge, mqa, tmp_path
     assert r.strategy == "keep-softmax" and r.latency_s >= r.roofline_bound_s
     assert len(r.warnings) == 1
     assert r.warnings[0].startswith(f"strategy {DEFAULT_FUSION}: {BELOW_PHYSICS}: group 0 costs q_proj at 0.03125")
+
+
+def test_the_latency_floor_allows_the_rounding_of_the_dram_port_and_no_more():
+    """A DRAM port of whole bits per cycle may be up to half a bit per cycle faster than the platform: a run on it
+    may beat the platform's exact memory roofline by that ratio, not by more, and a slower port gives no slack."""
+    from dataclasses import replace
+
+    from stream_mla.engines.result import Result
+    from stream_mla.engines.stream_guard import bound_violations
+
+    roof = 1e-3  # s, memory-bound; clock 1 GHz, so 1e6 cycles
+    base = Result(engine="stream", engine_version="", platform="p", workload="w", clock_ghz=1.0,
+                  latency_cycles=1e6, energy_breakdown_pj={}, macs=0, dram_bytes=1000, engine_dram_bytes=1000.0,
+                  roofline_bound_s=roof, bound="memory", strategy="s", engine_wall_s=0.0)  # fmt: skip
+    assert bound_violations(base) == []
+    fast = replace(base, latency_cycles=1e6 * (1 - 2e-5))  # 2e-5 below the exact roofline
+    assert bound_violations(fast)  # on a port no faster than the platform: below physics
+    assert bound_violations(fast, port_ratio=1 + 3e-5) == []  # the port is 3e-5 faster: within what it allows
+    assert bound_violations(fast, port_ratio=1 + 1e-5)  # 1e-5 faster: still below
+    assert bound_violations(fast, port_ratio=1 - 1e-3)  # a slower port gives no slack

@@ -81,7 +81,8 @@ def test_points_product_dedup_and_platform_paths(tmp_path):
 def test_default_sweep():
     pts = default_sweep().points()
     stream = [p for p in pts if p.engine == "stream"]
-    assert len(stream) == 24 + 6 + 9 + 12 + 2
+    assert len(stream) == 24 + 6 + 9 + 12 + 2 + 10 + 12 + 12 + 6  # B = 1 decode; prefill, B = 32, C4, C3a
+    assert {p.phase for p in stream} == {"decode", "prefill"} and {p.batch for p in stream} == {1, 32}
     assert sum(p.engine == "stream:fixed-mapping" for p in pts) == 2 * 2 * 2
     assert sum(p.engine == "analytic" for p in pts) == 1080 + 960 - 6 * 2 * 9 + 40  # bw 1 of block 2 repeats block 1
 
@@ -108,15 +109,17 @@ def test_store_round_trip_and_deterministic_exports(tmp_path):
     assert len(pd.read_csv(tmp_path / "a.csv")) == len(rows)
 
 
+# Analytic points are written a chunk per transaction: with chunks of one point, slowed down, a kill lands mid-sweep
 CHILD = """
 import sys, time
 import stream_mla.sweeps.runner as r
 from stream_mla.sweeps.spec import SweepSpec
-orig = r.run_point
-def slow(pt, **kw):
+orig = r.run_analytic_batch
+def slow(points, store, **kw):
     time.sleep(0.05)
-    return orig(pt, **kw)
-r.run_point = slow
+    return orig(points, store, **kw)
+r.run_analytic_batch = slow
+r.ANALYTIC_CHUNK = 1
 r.run_sweep(SweepSpec.from_dict(eval(sys.argv[1])), sys.argv[2], progress=False)
 """
 
@@ -144,49 +147,46 @@ def test_resume_after_kill(tmp_path, monkeypatch, sig):
     assert 8 <= len(before) < 40, len(before)
 
     calls = []
+    batch = runner.run_analytic_batch
 
-    def counting(pt, **kw):
-        calls.append(pt.key())
-        return run_point(pt, **kw)
+    def counting(points, store, **kw):
+        calls.extend(points)
+        return batch(points, store, **kw)
 
-    monkeypatch.setattr(runner, "run_point", counting)
+    monkeypatch.setattr(runner, "run_analytic_batch", counting)
     summary = run_sweep(spec, db, progress=False)
-    assert summary["cached"] == len(before) and summary["done"] == 40 - len(before) and summary["failed"] == 0
+    assert summary["reused"] == len(before) and summary["computed"] == 40 - len(before) and summary["failed"] == 0
     assert sorted(calls) == sorted(all_keys - set(before))  # finished points are not recomputed
     with ResultStore(db) as store:
         assert store.keys("ok") == all_keys  # nothing finished is lost
         assert all(store.get(k)["created_at"] == t for k, t in before.items())
 
 
-def test_failed_points_are_recorded_and_retried_only_on_request(tmp_path, monkeypatch):
-    pts = SweepSpec.from_dict({"sweeps": [SMALL]}).points()
-    bad = pts[3].key()
-
-    def flaky(pt, **kw):
-        if pt.key() == bad:
-            raise SpecError("platform: deliberately infeasible")
-        return run_point(pt, **kw)
-
-    monkeypatch.setattr(runner, "run_point", flaky)
+def test_failed_points_are_recorded_and_retried_only_on_request(tmp_path):
+    """A point that fails (a Stream run given 0.2 s) is stored with its error; the next run neither retries it nor
+    counts it as reused; --retry-failed runs it again."""
+    bad = SweepPoint(model="deepseek-v2-lite", scheme="mla-absorb", context=256, platform="h20-like", engine="stream")
+    pts = [*SweepSpec.from_dict({"sweeps": [SMALL]}).points()[:15], bad]
     db = tmp_path / "r.sqlite"
-    assert run_sweep(pts, db, progress=False) | {"wall_s": 0} == {"total": 16, "cached": 0, "done": 15, "failed": 1,
-                                                                  "wall_s": 0}  # fmt: skip
+    first = run_sweep(pts, db, progress=False, timeout_s=0.2)
+    assert first | {"wall_s": 0} == {"total": 16, "computed": 15, "reused": 0, "failed": 1, "failed_before": 0,
+                                     "wall_s": 0}  # fmt: skip
     with ResultStore(db) as store:
-        row = store.get(bad)
-        assert row["status"] == "failed" and row["error"] == "SpecError: platform: deliberately infeasible"
-        assert (row["model"], row["context"], row["latency_s"]) == (pts[3].model, pts[3].context, None)
+        row = store.get(bad.key())
+        assert row["status"] == "failed" and row["error"].startswith("EngineError: stream on h20-like")
+        assert (row["model"], row["context"], row["latency_s"]) == (bad.model, bad.context, None)
         assert len(store.table()) == 15 and len(store.table(include_failed=True)) == 16
-    assert run_sweep(pts, db, progress=False)["cached"] == 16  # a failed point counts as done
-    monkeypatch.setattr(runner, "run_point", run_point)
-    s = run_sweep(pts, db, progress=False, retry_failed=True)
-    assert (s["cached"], s["done"], s["failed"]) == (15, 1, 0)
+    again = run_sweep(pts, db, progress=False, timeout_s=0.2)  # not retried, and not counted as reused
+    assert (again["computed"], again["reused"], again["failed"], again["failed_before"]) == (0, 15, 0, 1)
+    s = run_sweep(pts, db, progress=False, retry_failed=True, timeout_s=0.2)  # retried (and failing again)
+    assert (s["reused"], s["computed"], s["failed"], s["failed_before"]) == (15, 0, 1, 0)
 
 
 def test_engine_failure_is_one_line_and_the_sweep_goes_on(tmp_path):
     pts = [SweepPoint(model="deepseek-v3", scheme="mla-absorb", context=256, platform="h20-like", engine="stream"),
            *SweepSpec.from_dict({"sweeps": [SMALL]}).points()]  # fmt: skip
     s = run_sweep(pts, tmp_path / "r.sqlite", timeout_s=0.2, progress=False)  # the engine cannot finish in 0.2 s
-    assert (s["done"], s["failed"]) == (16, 1)
+    assert (s["computed"], s["failed"]) == (16, 1)
     with ResultStore(tmp_path / "r.sqlite") as store:
         err = store.get(pts[0].key())["error"]
     assert err.startswith("EngineError: stream on h20-like") and "timed out" in err and "\n" not in err
@@ -203,7 +203,7 @@ def _dask_matches_local(tmp_path, pts):
     run_sweep(pts, tmp_path / "local.sqlite", progress=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         s = run_sweep(pts, tmp_path / "dask.sqlite", dask_address=cluster.scheduler_address, progress=False)
-    assert (s["done"], s["failed"]) == (len(pts), 0)
+    assert (s["computed"], s["failed"]) == (len(pts), 0)
     pd.testing.assert_frame_equal(_table_without_wall(tmp_path / "dask.sqlite"),
                                   _table_without_wall(tmp_path / "local.sqlite"))  # fmt: skip
 
@@ -231,9 +231,9 @@ def test_cli_sweep_and_results(tmp_path, capsys):
     spec.write_text(json.dumps({"sweeps": [SMALL]}))
     db = str(tmp_path / "r.sqlite")
     _cli(["sweep", str(spec), "--db", db, "-q"])
-    assert "16 points: 16 computed, 0 cached, 0 failed" in capsys.readouterr().out
+    assert "16 points: 16 computed, 0 reused, 0 failed" in capsys.readouterr().out
     _cli(["sweep", str(spec), "--db", db, "-q"])
-    assert "0 computed, 16 cached" in capsys.readouterr().out
+    assert "0 computed, 16 reused" in capsys.readouterr().out
     _cli(["results", "--db", db])
     out = capsys.readouterr().out
     assert out.splitlines()[0] == ",".join(ROW_COLUMNS) and len(out.splitlines()) == 17
@@ -272,7 +272,7 @@ def test_zigzag_point_through_the_store(tmp_path):
     analytic (perfect reuse) and the layer-by-layer (no reuse between layers) references."""
     pt = SweepPoint(model="deepseek-v2-lite", scheme="mla-absorb", context=256, platform="edge-npu", engine="zigzag")
     stats = run_sweep([pt], tmp_path / "z.sqlite", workers=1, progress=False)
-    assert stats["done"] == 1 and stats["failed"] == 0
+    assert stats["computed"] == 1 and stats["failed"] == 0
     with ResultStore(tmp_path / "z.sqlite") as store:
         row = store.get(pt.key())
     assert row["status"] == "ok" and row["strategy"].startswith("zigzag-loma")

@@ -1,7 +1,9 @@
-"""One entry point over both engines: `evaluate(workload, platform, engine) -> Result`.
+"""One entry point over every engine: `evaluate(workload, platform, engine) -> Result`.
 
-Each engine run happens in its own process (a fresh interpreter) with a timeout and its own output folder, so a
-hung solve or a crash inside an engine never takes the caller down, and engine logging stays in that process.
+The engines and their properties are the registry's (`stream_mla.engines.registry`). One that does not run in an
+engine process (`runs_in_process` False: the analytic roofline) is evaluated here, in the caller. Each run of the
+others (Stream, ZigZag) happens in its own process (a fresh interpreter) with a timeout and its own output folder,
+so a hung solve or a crash inside an engine never takes the caller down, and engine logging stays in that process.
 The process is started as `python -c ...`, not by multiprocessing's spawn, which re-imports the caller's main
 module: evaluate() then works from a plain script without an `if __name__ == "__main__":` guard. It runs in
 its own session (Ctrl-C reaches the caller, which stops it), and it dies with its caller, even after `kill -9`.
@@ -22,23 +24,17 @@ import time
 import traceback
 from pathlib import Path
 
+from stream_mla.engines import registry
 from stream_mla.engines.hardware import Hardware
-from stream_mla.engines.result import (
-    AUTO_STRATEGIES,
-    ENERGY_COMPONENTS,
-    STREAM_STRATEGIES,
-    EngineError,
-    NodeResult,
-    Result,
-)
+from stream_mla.engines.result import ENERGY_COMPONENTS, EngineError, NodeResult, Result
 from stream_mla.errors import SpecError
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.workloads import WorkloadSpec, compute_precision, export
 from stream_mla.workloads.counts import count_file
 from stream_mla.workloads.graph import TENSOR_CLASSES
 
-ENGINES = ("stream", "zigzag")
-DEFAULT_TIMEOUT_S = 900.0
+ENGINES = registry.names()
+DEFAULT_TIMEOUT_S = registry.DEFAULT_TIMEOUT_S
 
 __all__ = ["ENERGY_COMPONENTS", "ENGINES", "EngineError", "Hardware", "NodeResult", "Result", "evaluate"]
 
@@ -61,16 +57,8 @@ def bind(
 
 
 def run_engine(engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strategy: str = "auto") -> Result:
-    """In-process run (the child side of evaluate)."""
-    if engine == "stream":
-        from stream_mla.engines.stream_runner import evaluate_stream
-
-        return evaluate_stream(onnx_path, hw, workdir, AUTO_STRATEGIES if strategy == "auto" else (strategy,))
-    if hw.platform is None:
-        raise SpecError("--engine zigzag needs a platform spec (--platform), not a raw Stream --hardware YAML")
-    from stream_mla.engines.zigzag_runner import evaluate_zigzag
-
-    return evaluate_zigzag(onnx_path, hw.platform, workdir)
+    """In-process run (the child side of evaluate): the engine's runner."""
+    return registry.get(engine).run(onnx_path, hw, workdir, strategy)
 
 
 def _run_job(engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strategy: str) -> tuple[str, object]:
@@ -176,27 +164,30 @@ def evaluate(
     workdir: str | Path | None = None,
     strategy: str = "auto",
 ) -> Result:
-    """Latency and energy of one attention layer on one accelerator, from a real engine run.
+    """Latency and energy of one attention layer on one accelerator, from a real engine run (or the roofline).
 
     workload: a WorkloadSpec (exported in shapes mode into the run folder) or an exported .onnx file.
     platform: a preset name, a platform YAML, a PlatformSpec, or a Hardware (e.g. from a raw Stream YAML). A
     workload precision left unset follows the platform's native one; the engines see the platform's peak at the
     workload's compute precision (an unsupported one is a SpecError naming both).
-    strategy: Stream only; "auto" runs each of AUTO_STRATEGIES and keeps the fastest valid one (the result names it
-    and records what each gave); a name runs just that one.
+    engine: a registered engine (`registry.names()`); one that is not `runs_in_process` (analytic) runs here.
+    strategy: one of the engine's `strategies` (Stream's); "auto" runs each of AUTO_STRATEGIES and keeps the fastest
+    valid one (the result names it and records what each gave); a name runs just that one.
     """
-    if engine not in ENGINES:
-        raise SpecError(f"--engine: {engine!r} (allowed: {', '.join(ENGINES)})")
+    if engine not in registry.names():
+        raise SpecError(f"--engine: {engine!r} (allowed: {', '.join(registry.names())})")
+    eng = registry.get(engine)
     if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
         raise SpecError(f"--timeout: must be a positive number of seconds (got {timeout_s!r})")
-    if strategy != "auto" and (engine != "stream" or strategy not in STREAM_STRATEGIES):
-        allowed = ("auto", *STREAM_STRATEGIES) if engine == "stream" else ("auto",)
-        raise SpecError(f"--strategy: {strategy!r} for {engine} (allowed: {', '.join(allowed)})")
+    registry.check_strategy(eng, strategy)
     if not isinstance(workload, WorkloadSpec):
         workload = Path(workload)
         if not workload.is_file():
             raise SpecError(f"workload: no such ONNX file {workload}")
     workload, hw = bind(workload, platform)
+    if not eng.runs_in_process:
+        return eng.evaluate(workload, hw if hw.platform is None else hw.platform, timeout_s=timeout_s,
+                            workdir=None if workdir is None else Path(workdir), strategy=strategy)  # fmt: skip
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"stream-mla-{engine}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     onnx_path = export(workload, workdir / f"{workload.slug}.onnx") if isinstance(workload, WorkloadSpec) else workload

@@ -117,19 +117,21 @@ def coverage_violations(coverage: list[NodeCoverage]) -> list[str]:
     return found
 
 
-def bound_violations(result: Result) -> list[str]:
-    """(b) and (c), from the analytic numbers the result carries next to the engine's."""
+def bound_violations(result: Result, port_ratio: float = 1.0) -> list[str]:
+    """(b) and (c), from the analytic numbers the result carries next to the engine's. port_ratio: the engine's DRAM
+    port over the platform's bandwidth (ports take whole bits per cycle, rounded to the nearest: a port up to half a
+    bit per cycle faster than the platform lets a run beat the platform's exact roofline by that much, no more)."""
     found = []
     if result.engine_dram_bytes < result.dram_bytes * (1 - TOLERANCE):
         found.append(f"{BELOW_PHYSICS}: engine DRAM {result.engine_dram_bytes:,.0f} B < analytic "
                      f"{result.dram_bytes:,} B ({result.engine_dram_bytes / result.dram_bytes:.3f}x)")  # fmt: skip
-    if result.latency_s < result.roofline_bound_s * (1 - TOLERANCE):
+    if result.latency_s < result.roofline_bound_s * (1 - TOLERANCE) / max(1.0, port_ratio):
         found.append(f"{BELOW_PHYSICS}: latency {result.latency_cycles:,.0f} cycles < roofline "
                      f"{result.roofline_bound_s * result.clock_ghz * 1e9:,.0f} "
                      f"({result.latency_s / result.roofline_bound_s:.3f}x)")  # fmt: skip
     return found
 
 
-def violations(result: Result, coverage: list[NodeCoverage]) -> list[str]:
+def violations(result: Result, coverage: list[NodeCoverage], port_ratio: float = 1.0) -> list[str]:
     """Every way `result` (with the coverage its run recorded) beats physics; empty when it passes the guard."""
-    return coverage_violations(coverage) + bound_violations(result)
+    return coverage_violations(coverage) + bound_violations(result, port_ratio)

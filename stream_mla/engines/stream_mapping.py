@@ -167,10 +167,25 @@ def _graph_nodes(onnx_path: str | Path) -> tuple[list, dict[str, list], dict[str
     return list(g.node), readers, {o: n for n in g.node for o in n.output}
 
 
+def _score_products(probs, producer: dict) -> list:
+    """The MatMuls nearest above the softmax (through its scale, mask and add): the score products q·kᵀ."""
+    found, seen, stack = [], set(), [probs]
+    while stack:
+        n = stack.pop()
+        for t in n.input:
+            m = producer.get(t)
+            if m is None or m.name in seen:
+                continue
+            seen.add(m.name)
+            (found if m.op_type == "MatMul" else stack).append(m)
+    return found
+
+
 def attention_core(onnx_path: str | Path) -> tuple[list[str], list[str]]:
     """(core, combine): the compute nodes of the graph's attention core and of its split-KV combine (empty for a
-    plain graph), by name. The core is every node that depends on a cache input and feeds the context product
-    (the MatMul reading the softmax, or a split-KV graph's per-chunk probabilities)."""
+    plain graph), by name. The core is every node that depends on a cache input (prefill, which has none: on a score
+    product) and feeds the context product (the MatMul reading the softmax, or a split-KV graph's per-chunk
+    probabilities)."""
     model = onnx.load(str(onnx_path), load_external_data=False)
     nodes, readers, producer = _graph_nodes(onnx_path)
     caches = cache_inputs(model)
@@ -179,6 +194,10 @@ def attention_core(onnx_path: str | Path) -> tuple[list[str], list[str]]:
         raise MappingError("fused-attention: the graph has no softmax (no attention core to fuse)")
     ctx = next(r for r in _through_views(probs.output[0], readers) if r.op_type == "MatMul")
     from_cache, stack = set(), list(caches)
+    if not caches:  # prefill: K and V are made in the graph; the core starts at the score products
+        scores = _score_products(probs, producer)
+        from_cache = {n.name for n in scores}
+        stack = [t for n in scores for t in n.output]
     while stack:  # every node downstream of a cache input
         for n in readers.get(stack.pop(), []):
             if n.name not in from_cache:

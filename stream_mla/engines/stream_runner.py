@@ -30,7 +30,6 @@ import pickle
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from importlib.metadata import version
 from pathlib import Path
 
 import onnx
@@ -43,6 +42,7 @@ from stream.workload.normalization import expand_normalizations
 from stream_mla.engines.cost_cache import register_stream_backend
 from stream_mla.engines.graph_fix import COPY_TAG, shared_inputs, split_shared_inputs, squeeze_unit_axes
 from stream_mla.engines.hardware import Hardware
+from stream_mla.engines.registry import finish
 from stream_mla.engines.result import AUTO_STRATEGIES, EngineError, NodeResult, Result
 from stream_mla.engines.stream_guard import BELOW_PHYSICS, EngineBelowPhysics, coverage_of, coverage_probe, violations
 from stream_mla.engines.stream_mapping import (
@@ -53,7 +53,7 @@ from stream_mla.engines.stream_mapping import (
     write_fixed_mapping,
     write_fused_attention_mapping,
 )
-from stream_mla.workloads.counts import count_file, metadata, roofline
+from stream_mla.workloads.counts import count_file, metadata
 
 SOFTMAX_PARTS = ("_max", "_exp", "_sum", "_div")
 DEFAULT_FUSION = "default-fusion"  # Stream's generic mapper with no cut points
@@ -64,6 +64,13 @@ FUSED_RETRIES = (0, 2)  # extra tile halvings of the fused group: as estimated, 
 # than SKIP_WITHIN above the roofline (it cannot beat the roofline, so it could gain at most that much)
 EXPENSIVE_MAX_CORES = 1
 SKIP_WITHIN = 1.05
+# Any later strategy is skipped once the best valid result is within NEAR_ROOFLINE of the roofline (no strategy can
+# be more than 1 % faster), and a per-layer one once the best beats its floor: a cut after every layer sends each
+# layer's inputs and outputs through DRAM, the layer-by-layer bytes (measured: 0.9996-2.2x them on every searched
+# point of the default reproduction; the floor takes PER_LAYER_FLOOR of them)
+NEAR_ROOFLINE = 1.01
+PER_LAYER = ("keep-softmax", "per-layer", "fixed-mapping")
+PER_LAYER_FLOOR = 0.99
 
 
 class InfeasibleError(EngineError):
@@ -201,17 +208,34 @@ def split_kv_graphs(onnx_path: Path, hw: Hardware, workdir: Path) -> Iterator[tu
 def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: Path, split_inputs: bool,
               bytes_per_element: int) -> tuple[object, Path, dict, str]:  # fmt: skip
     """(estimate, its folder, counts of the graph Stream ran, note) of the fused-attention strategy: the split-KV
-    graphs of `split_kv_graphs` in turn until one's mapping fits."""
-    failure = None
-    for split, chunks in split_kv_graphs(onnx_path, hw, workdir):
+    graphs of `split_kv_graphs` in turn until one's mapping fits, then the plain graph (its attention core fused
+    whole). Stream cannot lower a split graph whose query layout it materializes inside the core (a FusionEdge: it
+    then splits the workload into one group more than the mapping has; e.g. per-head recompute decode, whose q heads
+    are merged with the batch): the next candidate runs."""
+    failure, tried = None, set()
+    for split, chunks in (*split_kv_graphs(onnx_path, hw, workdir), (onnx_path, 1)):
+        if chunks in tried:
+            continue
+        tried.add(chunks)
         given = stream_graph(split, workdir, fused=True) if split_inputs else split
         try:
             est, folder = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION, bytes_per_element)
         except (MappingError, InfeasibleAllocationError) as exc:
             failure = exc
             continue
+        except AssertionError as exc:
+            if "fused groups but workload splits" not in str(exc):
+                raise
+            failure = MappingError(f"fused-attention with {chunks} chunks: Stream cuts the core at a layout it "
+                                   f"cannot fold ({exc})")  # fmt: skip
+            continue
         return est, folder, count_file(split), f"kv_chunks {chunks}"  # its nodes; MACs and bytes are the given's
     raise failure
+
+
+def port_ratio(hw: Hardware) -> float:
+    """The DRAM port Stream is given (whole bits per cycle) over the platform's exact bandwidth (1 for a raw YAML)."""
+    return hw.dram_bytes_per_s / hw.platform.dram_bytes_per_s if hw.platform is not None else 1.0
 
 
 def strategy_record(result: Result | None, status: str, wall: float, note: str = "") -> dict:
@@ -227,16 +251,26 @@ def strategy_record(result: Result | None, status: str, wall: float, note: str =
     return record
 
 
-def search_skips(strategy: str, hw: Hardware, valid: list[Result]) -> str:
-    """Why a search leaves `strategy` out (empty: it runs): default-fusion on many cores or near the roofline."""
-    if strategy != DEFAULT_FUSION:
+def search_skips(strategy: str, hw: Hardware, valid: list[Result], counts: dict) -> str:
+    """Why a search leaves `strategy` out (empty: it runs): it cannot beat the best valid result so far by more than
+    1 % (the roofline bounds every strategy; the layer-by-layer bytes bound the per-layer ones), or it is
+    default-fusion on many cores or within SKIP_WITHIN of the roofline."""
+    if strategy == DEFAULT_FUSION:
+        cores = len(cores_for("MatMul", compute_cores(hw.stream)))
+        if cores > EXPENSIVE_MAX_CORES:
+            return f"{cores} matrix cores (runs on at most {EXPENSIVE_MAX_CORES} in a search; ask for it by name)"
+    best = min(valid, key=lambda r: r.latency_cycles, default=None)
+    if best is None or not best.roofline_bound_s:
         return ""
-    cores = len(cores_for("MatMul", compute_cores(hw.stream)))
-    if cores > EXPENSIVE_MAX_CORES:
-        return f"{cores} matrix cores (runs on at most {EXPENSIVE_MAX_CORES} in a search; ask for it by name)"
-    best = min((r.latency_s / r.roofline_bound_s for r in valid if r.roofline_bound_s), default=None)
-    if best is not None and best <= SKIP_WITHIN:
-        return f"the best strategy is already {best:.3f}x the roofline"
+    ratio = best.latency_s / best.roofline_bound_s
+    if ratio <= (SKIP_WITHIN if strategy == DEFAULT_FUSION else NEAR_ROOFLINE):
+        return f"{best.strategy} is already {ratio:.3f}x the roofline"
+    floor = PER_LAYER_FLOOR * counts["bytes_layer_by_layer"] * 8 / hw.dram_bits_per_cycle
+    if strategy in PER_LAYER and best.latency_cycles <= floor:
+        return (
+            f"{best.strategy} takes {best.latency_cycles:,.0f} cycles, below what a cut after every layer moves "
+            f"through DRAM alone ({floor:,.0f} cycles for {PER_LAYER_FLOOR:g} x the layer-by-layer bytes)"
+        )
     return ""
 
 
@@ -256,7 +290,7 @@ def evaluate_stream(
     try:
         for strategy in strategies:
             out, began, note = workdir / f"stream-{strategy}", time.perf_counter(), ""
-            if len(strategies) > 1 and (why := search_skips(strategy, hw, valid)):
+            if len(strategies) > 1 and (why := search_skips(strategy, hw, valid, counts)):
                 records[strategy] = strategy_record(None, "skipped", 0.0, why)
                 continue
             try:
@@ -282,7 +316,7 @@ def evaluate_stream(
                 records[strategy] = strategy_record(None, "error", time.perf_counter() - began, failures[-1])
                 continue
             result = collect(est, out, hw, onnx_path, given_counts, strategy, time.perf_counter() - start, [])
-            found = violations(result, coverage_of(est))
+            found = violations(result, coverage_of(est), port_ratio(hw))
             wall = time.perf_counter() - began
             if found:  # like a strategy that does not fit: the others decide
                 failures.append(f"{strategy}: {'; '.join(found)}")
@@ -374,10 +408,6 @@ def collect(est, out: Path, hw: Hardware, onnx_path: Path, counts: dict, strateg
         warnings.append(f"Stream's groups cover {stream_macs} MACs, the graph has {counts['macs']}")
     if energy["onchip_transfer"] < -1e-6 * max(1.0, energy["dram"]):
         warnings.append(f"DRAM energy {energy['dram']:.4g} pJ exceeds Stream's transfer energy: check dram pJ/bit")
-    energy["static"] = hw.static_energy_pj(est.cycles)
-    bound = roofline(counts, hw.peak_mac_per_s, hw.dram_bytes_per_s)
-    return Result(engine="stream", engine_version=f"stream-dse {version('stream-dse')}", platform=hw.name,
-                  workload=onnx_path.stem, clock_ghz=hw.clock_ghz, latency_cycles=float(est.cycles),
-                  energy_breakdown_pj=energy, macs=counts["macs"], dram_bytes=counts["bytes"]["total"],
-                  engine_dram_bytes=dram_bits / 8, roofline_bound_s=bound.bound_s, bound=bound.bound,
-                  strategy=strategy, engine_wall_s=wall, nodes=rows, warnings=warnings)  # fmt: skip
+    return finish("stream", hw, onnx_path.stem, counts, latency_cycles=est.cycles, energy_pj=energy,
+                  engine_dram_bytes=dram_bits / 8, strategy=strategy, wall_s=wall, nodes=rows,
+                  warnings=warnings)  # fmt: skip

@@ -15,7 +15,6 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Generator
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,10 @@ from zigzag.stages.stage import Stage, StageCallable
 from zigzag.stages.workload_iterator import WorkloadStage
 
 from stream_mla.engines.cost_cache import cached_search, canonical, core_description, entry_key, layer_description
+from stream_mla.engines.registry import finish
 from stream_mla.engines.result import EngineError, NodeResult, Result
 from stream_mla.platforms import PlatformSpec, zigzag_accelerator, zigzag_mapping
-from stream_mla.workloads.counts import count_file, roofline
+from stream_mla.workloads.counts import count_file
 
 REDUCE: dict[str, type[Stage]] = {"EDP": MinimalEDPStage, "energy": MinimalEnergyStage, "latency": MinimalLatencyStage}
 NB_SPATIAL_MAPPINGS = 3
@@ -226,29 +226,11 @@ def evaluate_zigzag(
                 dram_bytes=moved,
             )
         )
-    energy["static"] = platform.static_energy_pj(latency)
-
     counts = count_file(onnx_path)
-    roof = roofline(counts, platform.peak_mac_per_s, platform.dram_bytes_per_s)
     warnings = [w for w in (free_op_warning(onnx_path),) if w]
     costed = sum(n.macs for n in nodes)
     if costed != counts["macs"]:  # a mis-parsed layer (trap 10/11) would otherwise pass silently
         warnings.append(f"ZigZag costed {costed:,} MACs but the graph has {counts['macs']:,}")
-    return Result(
-        engine="zigzag",
-        engine_version=f"zigzag-dse {version('zigzag-dse')}",
-        platform=platform.name,
-        workload=onnx_path.stem,
-        clock_ghz=platform.clock_ghz,
-        latency_cycles=float(latency),
-        energy_breakdown_pj=energy,
-        macs=counts["macs"],
-        dram_bytes=counts["bytes"]["total"],
-        engine_dram_bytes=engine_dram,
-        roofline_bound_s=roof.bound_s,
-        bound=roof.bound,
-        strategy=f"zigzag-loma-lpf{lpf_limit}-{opt}",
-        engine_wall_s=time.perf_counter() - start,
-        nodes=nodes,
-        warnings=warnings,
-    )
+    return finish("zigzag", platform, onnx_path.stem, counts, latency_cycles=latency, energy_pj=energy,
+                  engine_dram_bytes=engine_dram, strategy=f"zigzag-loma-lpf{lpf_limit}-{opt}",
+                  wall_s=time.perf_counter() - start, nodes=nodes, warnings=warnings)  # fmt: skip

@@ -26,11 +26,19 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             with ResultStore(args.db, readonly=True) as store:
                 exc.args = (f"{len(store)} finished points kept in {args.db}; run again to resume",)
         raise
-    print(f"{s['total']} points: {s['done']} computed, {s['cached']} cached, {s['failed']} failed "
-          f"in {s['wall_s']:.1f} s -> {args.db}")  # fmt: skip
+    print(summary_line(s) + f" in {s['wall_s']:.1f} s -> {args.db}")
     if s["failed"]:
         print(f"warning: {s['failed']} points failed (recorded; see `results --include-failed`, rerun with "
               "--retry-failed)", file=sys.stderr)  # fmt: skip
+
+
+def summary_line(s: dict) -> str:
+    """`N points: C computed, R reused, F failed[, E failed earlier, not retried (use --retry-failed)]` of a
+    `run_sweep` summary; reused counts the ok rows found in the store (a concurrent sweep's included)."""
+    line = f"{s['total']} points: {s['computed']} computed, {s['reused']} reused, {s['failed']} failed"
+    if s["failed_before"]:
+        line += f", {s['failed_before']} failed earlier, not retried (use --retry-failed)"
+    return line
 
 
 def cmd_results(args: argparse.Namespace) -> None:

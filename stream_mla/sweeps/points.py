@@ -2,32 +2,32 @@
 
 The point's key is a content hash of (workload spec, platform spec, engine, engine version), so a result is
 reused exactly when nothing that determines it has changed. Rows are flat dicts (the tidy table's columns,
-`ROW_COLUMNS`); the `analytic` engine is the roofline of attention-schemes.md §2 with first-order energy
-(MAC + DRAM, §7.6).
+`ROW_COLUMNS`), built from the engine's `Result` the same way for every engine of `stream_mla.engines.registry`
+(the `analytic` one is the roofline of attention-schemes.md §2 with first-order energy, MAC + DRAM, §7.6).
 """
 
+import contextlib
 import hashlib
 import json
 import tempfile
 from functools import cache
-from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 
-from stream_mla import __version__
-from stream_mla.engines import evaluate
-from stream_mla.engines.result import STREAM_STRATEGIES, Result
+from stream_mla.engines import registry
+from stream_mla.engines.result import Result
 from stream_mla.models import Precision, resolve_name_or_path
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.workloads import Part, WorkloadSpec, build, make_spec
 from stream_mla.workloads.counts import count, roofline
 
-# "stream" runs Stream's strategies in turn (auto); "stream:<strategy>" forces one, as a series of its own
-ENGINES = ("analytic", "zigzag", "stream", *(f"stream:{s}" for s in STREAM_STRATEGIES))
+# The registry's sweep names: "stream" runs Stream's strategies in turn (auto); "stream:<strategy>" forces one, as a
+# series of its own
+ENGINES = registry.sweep_names()
 Engine = Literal[ENGINES]
-ENGINE_PACKAGES = {"stream": "stream-dse", "zigzag": "zigzag-dse"}
+ENGINE_PACKAGES = registry.packages()
 
 ROW_COLUMNS = (
     "key", "status", "error", "model", "scheme", "phase", "part", "batch", "context", "queries", "window",
@@ -42,10 +42,12 @@ ROW_COLUMNS = (
 
 
 PACKAGE = Path(__file__).resolve().parents[1]
-# The code that determines a row: graphs, counts, models, platforms and this module; engine rows also the runners.
-# A change to any of these files changes every affected point's key, so the store recomputes it (figures, claims
-# and the CLI read rows and do not take part).
-ANALYTIC_CODE = ("workloads", "models.py", "model_configs", "platforms", "sweeps/points.py")
+# The code that determines a row: graphs, counts, models, platforms, the analytic engine (the registry) and the
+# Result it fills, the fast path and this module; engine rows also the runners (all of engines/). A change to any
+# of these files changes every affected point's key, so the store recomputes it (figures, claims and the CLI read
+# rows and do not take part). A listed path that does not exist hashes as nothing.
+ANALYTIC_CODE = ("workloads", "models.py", "model_configs", "platforms", "engines/registry.py", "engines/result.py",
+                 "sweeps/points.py", "sweeps/fast.py")  # fmt: skip
 ENGINE_CODE = (*ANALYTIC_CODE, "engines")
 CODE_SUFFIXES = (".py", ".json", ".yaml")
 
@@ -64,12 +66,9 @@ def code_digest(engines: bool, root: Path = PACKAGE) -> str:
     return h.hexdigest()[:16]
 
 
-@cache
 def engine_version(engine: str) -> str:
-    if engine == "analytic":
-        return f"stream-mla {__version__}"
-    package = ENGINE_PACKAGES[engine.partition(":")[0]]
-    return f"{package} {version(package)}"
+    """The stored engine_version of an engine or sweep name: the registry's one builder."""
+    return registry.get(engine).version()
 
 
 class SweepPoint(BaseModel):
@@ -122,17 +121,6 @@ class SweepPoint(BaseModel):
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def analytic_row(counts: dict, p: PlatformSpec) -> dict:
-    """Roofline latency and first-order energy (MACs x pJ/MAC + DRAM bits x pJ/bit)."""
-    r = roofline(counts, p.peak_mac_per_s, p.dram_bytes_per_s)
-    mac_pj = counts["macs"] * p.mac_pj
-    dram_pj = counts["bytes"]["total"] * 8 * p.dram_pj_per_bit
-    return {"strategy": "roofline", "latency_s": r.bound_s, "latency_cycles": r.bound_s * p.clock_ghz * 1e9,
-            "energy_pj": mac_pj + dram_pj, "energy_mac_pj": mac_pj, "energy_onchip_memory_pj": 0.0,
-            "energy_dram_pj": dram_pj, "energy_onchip_transfer_pj": 0.0, "energy_static_pj": 0.0,
-            "engine_dram_bytes": float(counts["bytes"]["total"]), "engine_wall_s": 0.0, "warnings": "[]"}  # fmt: skip
-
-
 def engine_diagnostics(res: Result, counts: dict, p: PlatformSpec) -> dict:
     """Why an engine run departs from the roofline, from its own steps: the step taking most cycles (its share
     and its attained fraction of the platform's peak MAC rate) and the step that moved most DRAM bytes beyond
@@ -167,20 +155,20 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         "dram_bytes": b["total"], "oi": counts["operational_intensity"], "roofline_compute_s": r.compute_s,
         "roofline_memory_s": r.memory_s, "roofline_s": r.bound_s, "bound": r.bound,
         "layer_by_layer_bytes": counts["bytes_layer_by_layer"], "hotspot": None, "hotspot_cycle_share": None,
-        "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None, "strategies": "{}",
+        "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None,
     }  # fmt: skip
-    if point.engine == "analytic":
-        row.update(analytic_row(counts, p))
-    else:
-        with tempfile.TemporaryDirectory(prefix="stream-mla-point-") as tmp:
-            engine, _, strategy = point.engine.partition(":")
-            res = evaluate(spec, p, engine, timeout_s=timeout_s, workdir=workdir or tmp, strategy=strategy or "auto")
-        e = res.energy_breakdown_pj
-        row.update({"strategy": res.strategy, "latency_s": res.latency_s, "latency_cycles": res.latency_cycles,
-                    "energy_pj": res.energy_pj, **{f"energy_{k}_pj": v for k, v in e.items()},
-                    "engine_dram_bytes": res.engine_dram_bytes, "engine_wall_s": res.engine_wall_s,
-                    "warnings": json.dumps(res.warnings), "strategies": json.dumps(res.strategies, sort_keys=True),
-                    **engine_diagnostics(res, counts, p)})  # fmt: skip
+    engine, strategy = registry.parse(point.engine)
+    scratch = workdir is None and engine.runs_in_process  # an engine process writes its files into a folder
+    with tempfile.TemporaryDirectory(prefix="stream-mla-point-") if scratch else contextlib.nullcontext(workdir) as wd:
+        res = engine.evaluate(spec, p, counts=counts, timeout_s=timeout_s, workdir=wd and Path(wd), strategy=strategy)
+    e = res.energy_breakdown_pj
+    row.update({"strategy": res.strategy, "latency_s": res.latency_s, "latency_cycles": res.latency_cycles,
+                "energy_pj": res.energy_pj, **{f"energy_{k}_pj": v for k, v in e.items()},
+                "engine_dram_bytes": res.engine_dram_bytes, "engine_wall_s": res.engine_wall_s,
+                "warnings": json.dumps(res.warnings),
+                "strategies": json.dumps(res.strategies, sort_keys=True)})  # fmt: skip
+    if res.nodes:  # an engine's own steps: where it departs from the roofline
+        row.update(engine_diagnostics(res, counts, p))
     missing = set(ROW_COLUMNS) - set(row)
     assert not missing, f"row lacks {missing}"
     return {c: row[c] for c in ROW_COLUMNS}

@@ -1,4 +1,4 @@
-"""Run a sweep into a results store: skip cached points, run the rest in parallel, write each row as it finishes.
+"""Run a sweep into a results store: skip stored points, run the rest in parallel, write each row as it finishes.
 
 Local runs use threads: an engine point spends its time in its own engine process (see
 `stream_mla.engines.evaluate`), so `workers` threads keep `workers` engine processes busy; analytic points
@@ -10,6 +10,18 @@ subprocess (`python -m stream_mla.sweeps.runner`) instead.
 Everything that can be checked before a point runs is checked before the store is opened (`SweepOptions`,
 `check_points`), so a bad sweep writes nothing: sizes within the documented maxima, platform names unique,
 no option that changes nothing, a reachable scheduler.
+
+Sweeps sharing a store: a sweep claims its points (`ResultStore.claim`, one transaction) just before it runs
+them, all it can get at once, locally or on dask (the parent claims, the workers never see the store). The
+points another live sweep holds it leaves alone: after its own, it polls the store every POLL_S until each of
+them is written (counted as reused) or its claim goes stale (its sweep was killed: the point is taken over and
+run here). So no point runs in two live sweeps, and a killed sweep never blocks another. Every exit (an error,
+Ctrl-C) releases the claims not yet settled by a written row.
+
+The summary counts each point once: computed (written ok by this run), reused (ok in the store already, or
+written by a concurrent sweep), failed (failed in this run) and failed_before (recorded as failed by an earlier
+or concurrent run and not retried: --retry-failed runs them). Progress: a tqdm bar when stderr is a terminal,
+else one line to stderr at most every LOG_EVERY_S and one at the end, so a log file gets no bar redraws.
 """
 
 import json
@@ -29,15 +41,18 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from stream_mla.engines import live_engine_processes
+from stream_mla.engines import live_engine_processes, registry
 from stream_mla.errors import FaultError, SpecError, excerpt, first_error, short_path
 from stream_mla.models import Batch, Tokens, check_scale, resolve_name_or_path
 from stream_mla.platforms import PlatformSpec, load_platform
+from stream_mla.sweeps.fast import fast_keys, run_analytic_batch
 from stream_mla.sweeps.points import ROW_COLUMNS, SweepPoint, engine_version, run_point
 from stream_mla.sweeps.spec import SweepSpec
 from stream_mla.sweeps.store import ResultStore, unstorable
 
 MAX_WORKERS = 1024
+POLL_S = 2.0  # how often a sweep waiting for points claimed by another sweep looks at the store
+LOG_EVERY_S = 10.0  # a progress line at most this often when stderr is not a terminal
 DASK_CONNECT_TIMEOUT_S = 10.0  # a scheduler answers in milliseconds; an unroutable address would hang for minutes
 # [tcp|tls|ucx|ws|wss://]host:port, host a name, an IPv4 address or a bracketed IPv6 address
 DASK_ADDRESS = re.compile(
@@ -99,7 +114,7 @@ def _execute(point: dict, timeout_s: float) -> tuple[str, dict | str]:
     """("ok", row) or ("failed", one-line error); never raises for a failing point."""
     try:
         pt = SweepPoint.model_validate(point)
-        if pt.engine != "analytic" and multiprocessing.current_process().daemon:
+        if registry.get(pt.engine).runs_in_process and multiprocessing.current_process().daemon:
             return _execute_in_subprocess(point, timeout_s)
         row = run_point(pt, timeout_s=timeout_s)
     except Exception as exc:  # SpecError, EngineError, or a bug: recorded with the point, the sweep goes on
@@ -131,7 +146,7 @@ def failed_row(point: SweepPoint, key: str, error: str) -> dict:
 
 def _order(items: list[tuple[str, SweepPoint]]) -> list[tuple[str, SweepPoint]]:
     """Engine points first, the slowest (largest) first, so the pool stays busy to the end."""
-    return sorted(items, key=lambda kp: (kp[1].engine == "analytic", -kp[1].batch * kp[1].context))
+    return sorted(items, key=lambda kp: (not registry.get(kp[1].engine).runs_in_process, -kp[1].batch * kp[1].context))
 
 
 def _kill_new_engines(before: set) -> None:
@@ -235,13 +250,16 @@ def run_sweep(
     retry_failed: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Compute every point not yet in the store; returns {total, cached, done, failed, wall_s}.
+    """Compute every point not yet in the store (none that a concurrent sweep on the store is running); returns
+    the summary {total, computed, reused, failed, failed_before, wall_s}, see the module docstring. Analytic points
+    (an engine that does not run in a process of its own) are computed in batches (`fast.run_analytic_batch`:
+    exact count polynomials, one transaction per ANALYTIC_CHUNK rows), the others one by one in the pool.
 
-    Cached points are those stored with status ok, or failed unless retry_failed. A failing point is stored
-    with status "failed" and its one-line error. KeyboardInterrupt propagates after the running points are
-    stopped; every row finished so far is already committed.
+    A failing point is stored with status "failed" and its one-line error. KeyboardInterrupt propagates after
+    the running points are stopped and the claims released; every row finished so far is already committed.
     """
     t0 = time.perf_counter()
+    started = time.time()
     SweepOptions.check(workers=workers, timeout=timeout_s, dask=dask_address)
     points = check_points(spec_or_points)
     client = _connect(dask_address) if dask_address else None
@@ -253,42 +271,129 @@ def run_sweep(
             client.close()
         raise
     try:
-        keyed = {}
-        for pt in points:
-            keyed.setdefault(pt.key(), pt)
-        have = store.keys("ok") | (set() if retry_failed else store.keys("failed"))
-        todo = _order([(k, p) for k, p in keyed.items() if k not in have])
-        stats = {"total": len(keyed), "cached": len(keyed) - len(todo), "done": 0, "failed": 0}
-        bar = tqdm(total=len(keyed), initial=stats["cached"], unit="pt", disable=not progress, smoothing=0.05,
-                   dynamic_ncols=True)  # fmt: skip
-
-        def postfix() -> dict:
-            return {k: stats[k] for k in ("done", "cached", "failed")}
+        keyed = _keyed(spec_or_points, points)
+        ok, failed_before = store.keys("ok"), set() if retry_failed else store.keys("failed")
+        stats = {"total": len(keyed), "computed": 0, "reused": len(ok & keyed.keys()), "failed": 0,
+                 "failed_before": len(failed_before & keyed.keys())}  # fmt: skip
+        todo = {k: p for k, p in keyed.items() if k not in ok and k not in failed_before}
+        retry_before = started if retry_failed else None  # rows failed after this were retried by another sweep
+        show = _Progress(stats, progress)
 
         def record(key: str, pt: SweepPoint, status: str, payload: dict | str) -> None:
             if status == "ok":
                 store.put(payload)
-                stats["done"] += 1
+                stats["computed"] += 1
             else:
                 store.put(failed_row(pt, key, payload))
                 stats["failed"] += 1
-            bar.update(1)
-            bar.set_postfix(postfix(), refresh=False)
+            show.update()
 
-        bar.set_postfix(postfix())
         try:
-            if client is not None:
-                _run_dask(todo, client, timeout_s, record)
-            else:
-                _run_local(todo, workers, timeout_s, record)
+            while todo:
+                mine = store.claim(todo, retry_before)
+                if mine:
+                    show.waiting = 0
+                    batch = _order([(k, todo.pop(k)) for k in list(todo) if k in mine])
+                    fast = {k: p for k, p in batch if registry.get(p.engine).batched}
+                    batch = [(k, p) for k, p in batch if k not in fast]
+                    _run_analytic(fast, store, stats, show)
+                    if batch and client is not None:
+                        _run_dask(batch, client, timeout_s, record)
+                    elif batch:
+                        _run_local(batch, workers, timeout_s, record)
+                for key, status in store.settled(todo, retry_before).items():  # written by another sweep
+                    del todo[key]
+                    stats["reused" if status == "ok" else "failed_before"] += 1
+                if todo and not mine:
+                    show.waiting = len(todo)
+                    show.update()
+                    time.sleep(POLL_S)
         finally:
-            bar.close()
-        return {**stats, "wall_s": time.perf_counter() - t0}
+            store.release()
+            show.close()
+        stats["wall_s"] = time.perf_counter() - t0
+        return stats
     finally:
         if client is not None:
             client.close()
         if own_store:
             store.close()
+
+
+ANALYTIC_CHUNK = 5000  # rows per transaction (and per progress update) of the analytic batch
+
+
+def _keyed(spec_or_points, points: list[SweepPoint]) -> dict[str, SweepPoint]:
+    """{key: point} in first-seen order: a spec's keys as it computed them (per group of points), a list's too."""
+    if isinstance(spec_or_points, SweepSpec):
+        return spec_or_points.keyed_points()
+    return dict(reversed(list(zip(fast_keys(points), points, strict=True))))  # the first of equal keys wins
+
+
+def _run_analytic(points: dict[str, SweepPoint], store: ResultStore, stats: dict, show) -> None:
+    """The claimed analytic points in chunks: rows from the count polynomials, each chunk one transaction."""
+    items = list(points.items())
+    for start in range(0, len(items), ANALYTIC_CHUNK):
+        computed, failed = run_analytic_batch(dict(items[start : start + ANALYTIC_CHUNK]), store,
+                                              chunk=ANALYTIC_CHUNK, retry_failed=True)  # fmt: skip
+        stats["computed"] += computed
+        stats["failed"] += failed
+        show.update()
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+class _Progress:
+    """A tqdm bar when stderr is a terminal; otherwise one line to stderr at most every LOG_EVERY_S and at the end:
+    `sweep: 1200/2033 points (1000 computed, 150 cached, 50 failed), 3.4 pt/s, ETA 4 min`."""
+
+    def __init__(self, stats: dict, enabled: bool):
+        self.stats, self.waiting, self.t0 = stats, 0, time.perf_counter()
+        self.last = self.t0
+        tty = enabled and sys.stderr.isatty()
+        self.log = enabled and not tty
+        self.bar = None
+        if tty:
+            self.bar = tqdm(total=stats["total"], initial=self.settled(), unit="pt", smoothing=0.05,
+                            dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+            self.bar.set_postfix(self.counts())
+
+    def settled(self) -> int:
+        return sum(self.stats[k] for k in ("computed", "reused", "failed", "failed_before"))
+
+    def counts(self) -> dict:
+        s = self.stats
+        c = {"computed": s["computed"], "reused": s["reused"], "failed": s["failed"]}
+        return c | ({"failed earlier": s["failed_before"]} if s["failed_before"] else {})
+
+    def line(self) -> str:
+        s, elapsed = self.stats, time.perf_counter() - self.t0
+        counts = ", ".join(f"{v} {k}" for k, v in self.counts().items())
+        text = f"sweep: {self.settled()}/{s['total']} points ({counts})"
+        ran = s["computed"] + s["failed"]
+        if ran and elapsed > 0:
+            rate = ran / elapsed
+            left = s["total"] - self.settled()
+            text += f", {rate:.3g} pt/s" + (f", ETA {_duration(left / rate)}" if left else "")
+        return text + (f"; waiting for {self.waiting} points another sweep is running" if self.waiting else "")
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(self.counts() | ({"waiting": self.waiting} if self.waiting else {}), refresh=False)
+            self.bar.update(self.settled() - self.bar.n)
+        elif self.log and time.perf_counter() - self.last >= LOG_EVERY_S:
+            self.last = time.perf_counter()
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.update()
+            self.bar.close()
+        elif self.log:
+            self.waiting = 0
+            print(self.line(), file=sys.stderr, flush=True)
 
 
 def _run_local(todo, workers: int, timeout_s: float, record) -> None:
@@ -298,7 +403,7 @@ def _run_local(todo, workers: int, timeout_s: float, record) -> None:
     pending: dict[Future, tuple[str, SweepPoint]] = {}
     try:
         for key, pt in todo:
-            pool = analytic_pool if pt.engine == "analytic" else engine_pool
+            pool = engine_pool if registry.get(pt.engine).runs_in_process else analytic_pool
             pending[pool.submit(_execute, pt.model_dump(), timeout_s)] = (key, pt)
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)

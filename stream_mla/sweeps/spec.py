@@ -19,11 +19,15 @@
         window: [null, 4096]          # sliding window; null = the model's own (none for DeepSeek); default [null]
         kv_chunks: [null, 8]          # split-KV decode chunks C (decode only; null = 1, the plain graph)
 
-Every point is validated when the spec is loaded (its workload and platform are built), so a bad value ends
-with one SpecError line naming the field, e.g. `sweeps.0.engines.1: Input should be 'analytic', ...`.
+Every point is validated when the spec is loaded (its workload and platform are built, once per group of points
+that differ only in their sizes, and the checks that depend on sizes run per point), so a bad value ends with one
+SpecError line naming the field, e.g. `sweeps.0.engines.1: Input should be 'analytic', ...`.
 """
 
 import itertools
+import operator
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -34,6 +38,8 @@ from stream_mla.errors import SpecError, first_error, read_document
 from stream_mla.models import PRESETS as MODEL_PRESETS
 from stream_mla.models import Precision, resolve_name_or_path
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
+from stream_mla.sweeps import points as _points
+from stream_mla.sweeps.fast import keys_until_failure
 from stream_mla.sweeps.points import Engine, SweepPoint
 from stream_mla.workloads import Part, registry
 
@@ -77,14 +83,63 @@ class Block(BaseModel):
 
     def points(self) -> list[SweepPoint]:
         """The block's product in AXES order (the first axis outermost)."""
-        out = []
-        for values in itertools.product(*(getattr(self, axis) for axis, _ in AXES)):
-            p = dict(zip((field for _, field in AXES), values, strict=True))
-            p["kv_heads"] = p["kv_heads"] if p["scheme"] == "gqa" else None
-            p["queries"] = p["queries"] if p["phase"] == "decode" else 1  # prefill's queries are its S tokens
-            p["kv_chunks"] = p["kv_chunks"] if p["phase"] == "decode" else None  # split-KV splits a decode cache
-            out.append(SweepPoint(**p))
-        return out
+        fields = tuple(field for _, field in AXES)
+        axes, make = _assembler(fields, [getattr(self, axis) for axis, _ in AXES])
+        return [make(values) for values in itertools.product(*axes)]
+
+
+def _adjusted(p: dict) -> dict:
+    """A product's point as the sweep runs it: K/V heads for gqa only, one query and no split-KV for prefill."""
+    if p["scheme"] != "gqa":
+        p["kv_heads"] = None
+    if p["phase"] != "decode":
+        p["queries"] = 1  # prefill's queries are its S tokens
+        p["kv_chunks"] = None  # split-KV splits a decode cache
+    return p
+
+
+def _assembler(fields: tuple[str, ...], axes: list[list]) -> tuple[list[list], Callable]:
+    """(axes, make): make(values) is the point of one product tuple of the axes. `SweepPoint(**p)`, or, when
+    SweepPoint validates each field on its own (no model or field validators, no post-init, no private or extra
+    attributes), what `SweepPoint.model_construct` makes of values each validated once through SweepPoint itself:
+    per distinct value of each axis instead of per point. Checked against `SweepPoint(**p)` on the first point;
+    any difference, and it is SweepPoint(**p) for all."""
+
+    def validated(values: tuple) -> SweepPoint:
+        return SweepPoint(**_adjusted(dict(zip(fields, values, strict=True))))
+
+    d, order = SweepPoint.__pydantic_decorators__, tuple(SweepPoint.model_fields)
+    plain = not (d.validators or d.field_validators or d.root_validators or d.model_validators) and not (
+        SweepPoint.__pydantic_post_init__ or SweepPoint.__private_attributes__ or SweepPoint.__pydantic_root_model__
+    )
+    if not plain or sorted(fields) != sorted(order):
+        return axes, validated
+    first = dict(zip(fields, (a[0] for a in axes), strict=True))
+    axes = [[getattr(SweepPoint(**{**first, f: v}), f) for v in a] for f, a in zip(fields, axes, strict=True)]
+    adjusted = SweepPoint(**{**first, "kv_heads": None, "queries": 1, "kv_chunks": None})
+    no_heads, one, no_chunks = adjusted.kv_heads, adjusted.queries, adjusted.kv_chunks
+    perm = operator.itemgetter(*(fields.index(f) for f in order))
+    new, put = object.__new__, object.__setattr__
+    given = set(order)  # every field is given: one set shared by the block's points (pydantic copies it to change it)
+
+    def make(values: tuple) -> SweepPoint:
+        p = dict(zip(order, perm(values), strict=True))
+        if p["scheme"] != "gqa":
+            p["kv_heads"] = no_heads
+        if p["phase"] != "decode":
+            p["queries"], p["kv_chunks"] = one, no_chunks
+        m = new(SweepPoint)
+        put(m, "__dict__", p)
+        put(m, "__pydantic_fields_set__", given)
+        put(m, "__pydantic_extra__", None)
+        put(m, "__pydantic_private__", None)
+        return m
+
+    probe = tuple(a[0] for a in axes)
+    got, ref = make(probe), validated(probe)
+    attrs = ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+    same = got == ref and all(getattr(got, a) == getattr(ref, a) for a in attrs) and list(got.__dict__) == list(order)
+    return axes, make if same else validated
 
 
 # block list -> SweepPoint field; new axes go last so existing specs keep their point order
@@ -118,18 +173,60 @@ class SweepSpec(BaseModel):
 
     def points(self, validate: bool = False, source: str = "sweep spec") -> list[SweepPoint]:
         """The union of every block's product, de-duplicated by content key, in first-seen order."""
+        return list(self.keyed_points(validate, source).values())
+
+    def keyed_points(self, validate: bool = False, source: str = "sweep spec") -> dict[str, SweepPoint]:
+        """{key: point} of `points()` (the union of the blocks' products, de-duplicated by key, in first-seen order).
+
+        Keys come per group of points that differ only in their sizes (`fast.keys_until_failure`): each group is
+        resolved (with validate, its platform checked too) once, and only the checks that depend on sizes run per
+        point; a point failing one raises its own error, the first in order as before. A spec of presets only is
+        keyed once per content (`_MEMO`: its blocks, the presets, the code digest and the engine versions)."""
+        token = self._token()
+        hit = _MEMO.get(token) if token is not None else None
+        if hit is not None and (hit[1] or not validate):
+            _MEMO.move_to_end(token)
+            return dict(hit[0])
         seen: dict[str, SweepPoint] = {}
         for i, block in enumerate(self.sweeps):
-            for pt in block.points():
-                try:
-                    if validate:
-                        pt.compute_platform()  # the workload, and its precision on the platform
-                    key = pt.key()
-                except SpecError as exc:
-                    where = f"{pt.model} {pt.scheme} {pt.phase} B={pt.batch} L={pt.context} on {pt.platform}"
-                    raise SpecError(f"{source}: sweeps.{i} ({where}): {exc}") from None
+            pts = block.points()
+            keys, failure = keys_until_failure(pts, validate=validate)
+            for key, pt in zip(keys, pts, strict=False):
                 seen.setdefault(key, pt)
-        return list(seen.values())
+            if failure is not None:
+                pt, exc = pts[failure[0]], failure[1]
+                if not isinstance(exc, SpecError):
+                    raise exc
+                where = f"{pt.model} {pt.scheme} {pt.phase} B={pt.batch} L={pt.context} on {pt.platform}"
+                raise SpecError(f"{source}: sweeps.{i} ({where}): {exc}") from None
+        if token is not None:
+            _MEMO[token] = (seen, validate or (hit is not None and hit[1]))
+            while len(_MEMO) > MEMO_SPECS:
+                _MEMO.popitem(last=False)
+        return dict(seen)
+
+    def _token(self) -> tuple | None:
+        """Everything the keys of a spec of presets depend on; None when a model or platform is a file (its
+        content may change between two calls) or an engine has no version."""
+        try:
+            blocks = tuple(tuple(tuple(getattr(b, axis)) for axis, _ in AXES) for b in self.sweeps)
+            models = sorted({m for b in self.sweeps for m in b.models})
+            platforms = sorted({p for b in self.sweeps for p in b.platforms})
+            engines = sorted({e for b in self.sweeps for e in b.engines})
+            if not (set(models) <= MODEL_PRESETS.keys() and set(platforms) <= PLATFORM_PRESETS.keys()):
+                return None
+            return (
+                blocks,
+                tuple(MODEL_PRESETS[m].model_dump_json() for m in models),
+                tuple(PLATFORM_PRESETS[p].model_dump_json() for p in platforms),
+                tuple((e, _points.engine_version(e), _points.code_digest(e != "analytic")) for e in engines),
+            )
+        except Exception:  # e.g. an engine without a version: no memo, the points say what is wrong
+            return None
+
+
+MEMO_SPECS = 4  # specs whose keyed points are kept
+_MEMO: OrderedDict[tuple, tuple[dict[str, SweepPoint], bool]] = OrderedDict()
 
 
 def _relative_to(p: str, base: Path, presets: dict) -> str:

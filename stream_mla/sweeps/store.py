@@ -2,12 +2,31 @@
 
 Each `put` is its own committed transaction (WAL journal), so a killed sweep (Ctrl-C, kill -9) loses at most
 the points in flight; everything already written survives and is reused on the next run.
+
+Claims, so that two sweeps on one store never compute a point twice: a second table, `claims` (key, owner, pid,
+host, claimed_at, heartbeat, done_at, writes), apart from the results table so that stores of earlier versions stay
+valid (it is made when a store is opened for writing). `claim(keys)` takes, in one BEGIN IMMEDIATE transaction
+(thousands of keys at once), the keys with no row to reuse and no live claim of another owner; an owner is one open
+`ResultStore` ("host:pid:random"). A claim is live while its `done_at` is empty, its heartbeat is younger than
+CLAIM_STALE_S (a daemon thread refreshes its owner's every HEARTBEAT_S) and, on the same host, its process exists
+(in this very process: its store is still open); otherwise it is stale and the next `claim` takes it over, so a
+killed sweep never blocks another for long (at once on one host, after CLAIM_STALE_S from another). Writing a row
+settles its claim in the same transaction, whatever writes it (a TEMP trigger on each writing connection: `done_at`
+set, `owner` the writer, `writes` + 1), so the table doubles as a log of who computed each point and how often;
+`release()` drops what an owner still holds (a sweep calls it on every exit, Ctrl-C included). Read-only opens never
+touch it.
 """
 
+import contextlib
+import json
 import math
 import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +47,11 @@ SORT_COLUMNS = ("engine", "model", "scheme", "phase", "batch", "context", "platf
 FORMATS = ("csv", "parquet")
 TEXT_DTYPE = "str" if int(pd.__version__.split(".")[0]) >= 3 else object  # pandas 3's default string dtype
 TABLE = "results"
+CLAIMS = "claims"
+HEARTBEAT_S = 10.0  # how often an owner refreshes the heartbeat of its live claims
+CLAIM_STALE_S = 90.0  # a claim whose heartbeat is older is taken over (from any host)
+HOST = socket.gethostname()
+_OPEN_OWNERS: set[str] = set()  # the owners open in this process: a claim of this process by another is stale
 
 
 def _writable(path: Path) -> bool:
@@ -47,8 +71,55 @@ def unstorable(row: dict) -> str | None:
     return None
 
 
+def _reusable(status: str | None, created_at: float | None, retry_before: float | None) -> bool:
+    """A stored row a sweep takes as it is: ok, or failed unless retried (written before `retry_before`)."""
+    if status == "failed":
+        return retry_before is None or (created_at or 0.0) >= retry_before
+    return status is not None
+
+
 def _sql_type(col: str) -> str:
     return "INTEGER" if col in INT_COLUMNS else "TEXT" if col in TEXT_COLUMNS else "REAL"
+
+
+def _pid_alive(pid: int | None) -> bool:
+    """A process with this id exists on this host and is not a zombie (a killed sweep not yet reaped)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process: it exists
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(pid, 0) is the answer
+    return state not in ("Z", "X")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the heartbeat of one owner's live claims every HEARTBEAT_S, on its own connection."""
+
+    def __init__(self, path: Path, owner: str):
+        super().__init__(name="store-heartbeat", daemon=True)
+        self.path, self.owner, self.stopped = path, owner, threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            while not self.stopped.wait(HEARTBEAT_S):
+                # a busy or full disk: the next beat tries again (CLAIM_STALE_S spans several beats)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(f"UPDATE {CLAIMS} SET heartbeat = ? WHERE owner = ? AND done_at IS NULL",
+                                 (time.time(), self.owner))  # fmt: skip
+        finally:
+            conn.close()
 
 
 class ResultStore:
@@ -64,6 +135,8 @@ class ResultStore:
         if readonly is None:
             readonly = self.path.is_file() and not _writable(self.path)
         self.readonly = readonly
+        self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # who holds this store's claims
+        self._heartbeat: _Heartbeat | None = None
         try:
             self.conn = self._open_readonly() if readonly else self._open_for_writing()
             have = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})")]
@@ -76,6 +149,23 @@ class ResultStore:
             raise SpecError(f"--db: {short_path(self.path)} is not a results store (no {TABLE} table)")
         if have != [*ROW_COLUMNS, "created_at"]:
             raise SpecError(f"--db: {self.path} has other columns than this version's rows; use a new --db")
+        if not readonly:
+            self._prepare_claims()
+            _OPEN_OWNERS.add(self.owner)
+
+    def _prepare_claims(self) -> None:
+        """The claims table (made if missing) and this connection's trigger that settles a claim in the
+        transaction that writes its row."""
+        self.conn.execute(f"CREATE TABLE IF NOT EXISTS {CLAIMS} (key TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+                          "pid INTEGER, host TEXT, claimed_at REAL, heartbeat REAL, done_at REAL, "
+                          "writes INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID")  # fmt: skip
+        now = "((julianday('now') - 2440587.5) * 86400.0)"
+        self.conn.execute(f"""CREATE TEMP TRIGGER IF NOT EXISTS settle_claim AFTER INSERT ON main.{TABLE} BEGIN
+            INSERT INTO {CLAIMS} (key, owner, pid, host, claimed_at, heartbeat, done_at, writes)
+            VALUES (NEW.key, {_literal(self.owner)}, {os.getpid()}, {_literal(HOST)}, {now}, {now}, {now}, 1)
+            ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, host = excluded.host,
+                heartbeat = excluded.heartbeat, done_at = excluded.done_at, writes = writes + 1;
+        END""")  # fmt: skip
 
     def _open_for_writing(self) -> sqlite3.Connection:
         if self.path.is_file() and not _writable(self.path):
@@ -102,6 +192,10 @@ class ResultStore:
             return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
 
     def close(self) -> None:
+        if self._heartbeat is not None:
+            self.release()
+            self._stop_heartbeat()
+        _OPEN_OWNERS.discard(self.owner)
         self.conn.close()
 
     def __enter__(self) -> "ResultStore":
@@ -129,6 +223,136 @@ class ResultStore:
         except sqlite3.OperationalError as exc:  # disk full, I/O error: every row committed before is kept
             raise FaultError(f"--db: {short_path(self.path)}: cannot write ({exc}); finished points are kept, "
                              "run again to resume") from None  # fmt: skip
+
+    def put_many(self, rows: Iterable[dict | tuple]) -> None:
+        """Insert or replace many rows in one committed transaction (executemany): what `put` stores row by row
+        (in order, each row's created_at its own time). A row is a dict, as for `put`, or a tuple of its ROW_COLUMNS
+        values (what the analytic fast path makes). Every row is checked as `put` checks it before anything is
+        written: an unstorable row is a SpecError naming it (the first such), and then no row is written.
+
+        The check runs column by column in bulk first: a column of str, None, ints (within 64 bits in an INTEGER
+        column) and floats whose sum is finite (a NaN or an infinity makes it non-finite) holds no problem; any
+        other column (an overflowing sum, a bool, a numpy scalar) sends every row through `unstorable`."""
+        from operator import itemgetter
+
+        def _columns_storable(values: list[tuple]) -> bool:
+            text = ({str}, {type(None)}, {str, type(None)})
+            for c, col in zip(ROW_COLUMNS, zip(*values, strict=True), strict=False):
+                kinds = set(map(type, col))
+                if kinds in text:
+                    continue
+                if not kinds <= {str, int, float, type(None)}:  # a bool, a numpy scalar: row by row
+                    return False
+                if float in kinds:
+                    floats = col if kinds == {float} else [v for v in col if type(v) is float]
+                    if not math.isfinite(sum(floats)):
+                        return False
+                if int in kinds and c in INT_COLUMNS:
+                    ints = col if kinds == {int} else [v for v in col if type(v) is int]
+                    if not (min(ints) >= -(2**63) and max(ints) < 2**63):
+                        return False
+            return True
+
+        if self.readonly:
+            raise SpecError(f"--db: {short_path(self.path)} was opened read-only")
+        rows = list(rows)
+        if not rows:
+            return
+        get, now, n = itemgetter(*ROW_COLUMNS), time.time, len(ROW_COLUMNS)
+        try:
+            values = [(*row, now()) if isinstance(row, tuple) else (*get(row), now()) for row in rows]
+        except KeyError:  # a row without some column stores None there, as put does
+            values = [(*row, now()) if isinstance(row, tuple) else (*map(row.get, ROW_COLUMNS), now()) for row in rows]
+        if any(len(v) != n + 1 for v in values):
+            raise ValueError(f"put_many: a row tuple needs its {n} ROW_COLUMNS values")
+        if not _columns_storable(values):
+            for row in rows:
+                row = dict(zip(ROW_COLUMNS, row, strict=True)) if isinstance(row, tuple) else row
+                problem = unstorable(row)
+                if problem:
+                    raise SpecError(f"--db: row {row.get('key')}: {problem}")
+        marks = ", ".join("?" * (len(ROW_COLUMNS) + 1))
+        try:
+            with self.conn:  # one committed transaction for all of them
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(f"INSERT OR REPLACE INTO {TABLE} VALUES ({marks})", values)
+        except sqlite3.OperationalError as exc:  # disk full, I/O error: every row committed before is kept
+            raise FaultError(f"--db: {short_path(self.path)}: cannot write ({exc}); finished points are kept, "
+                             "run again to resume") from None  # fmt: skip
+
+    def claim(self, keys: Iterable[str], retry_before: float | None = None) -> set[str]:
+        """Claim, in one transaction, the keys that have no row to reuse and no live claim of another owner;
+        returns the keys this store now holds (those it held already included). A row to reuse is one with
+        status ok, or failed unless `retry_before` is given and the row was written before it (a sweep with
+        --retry-failed passes its start time, so a point another sweep retried meanwhile is not retried again).
+        Stale claims (see the module docstring) are taken over."""
+        self._check_writable()
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return set()
+        now, alive, got = time.time(), {}, []
+        sql = (f"SELECT j.value, c.owner, c.pid, c.host, c.heartbeat, c.done_at, r.status, r.created_at "
+               f"FROM json_each(?) AS j LEFT JOIN {CLAIMS} AS c ON c.key = j.value "
+               f"LEFT JOIN {TABLE} AS r ON r.key = j.value")  # fmt: skip
+        try:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                rows = self.conn.execute(sql, (json.dumps(keys),)).fetchall()
+                for key, owner, pid, host, beat, done_at, status, created in rows:
+                    if _reusable(status, created, retry_before):
+                        continue
+                    if owner not in (None, self.owner) and done_at is None:
+                        if host == HOST and pid == os.getpid():  # this process: its own registry knows
+                            alive[owner] = owner in _OPEN_OWNERS
+                        elif owner not in alive:
+                            alive[owner] = host != HOST or _pid_alive(pid)
+                        if alive[owner] and now - (beat or 0.0) < CLAIM_STALE_S:
+                            continue  # another sweep is on it
+                    got.append(key)
+                self.conn.executemany(
+                    f"INSERT INTO {CLAIMS} (key, owner, pid, host, claimed_at, heartbeat) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, pid = excluded.pid, host = excluded.host, "
+                    "claimed_at = excluded.claimed_at, heartbeat = excluded.heartbeat, done_at = NULL",
+                    [(k, self.owner, os.getpid(), HOST, now, now) for k in got],
+                )  # fmt: skip
+        except sqlite3.OperationalError as exc:
+            raise FaultError(f"--db: {short_path(self.path)}: cannot write ({exc}); finished points are kept, "
+                             "run again to resume") from None  # fmt: skip
+        if got and self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self.path, self.owner)
+            self._heartbeat.start()
+        return set(got)
+
+    def settled(self, keys: Iterable[str], retry_before: float | None = None) -> dict[str, str]:
+        """{key: status} of the keys with a row to reuse (as `claim` decides): those another sweep finished."""
+        sql = f"SELECT j.value, r.status, r.created_at FROM json_each(?) AS j JOIN {TABLE} AS r ON r.key = j.value"
+        rows = self.conn.execute(sql, (json.dumps(list(keys)),))
+        return {k: status for k, status, created in rows if _reusable(status, created, retry_before)}
+
+    def release(self, keys: Iterable[str] | None = None) -> None:
+        """Drop this store's unsettled claims (all of them, and stop the heartbeat, when keys is None). A
+        release that cannot be written is harmless: the claims go stale when this process ends."""
+        if self.readonly:
+            return
+        sql = f"DELETE FROM {CLAIMS} WHERE owner = ? AND done_at IS NULL"
+        with contextlib.suppress(sqlite3.Error):
+            if keys is None:
+                self.conn.execute(sql, (self.owner,))
+            else:
+                self.conn.execute(f"{sql} AND key IN (SELECT value FROM json_each(?))",
+                                  (self.owner, json.dumps(list(keys))))  # fmt: skip
+        if keys is None:
+            self._stop_heartbeat()
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stopped.set()
+            self._heartbeat.join(timeout=5.0)  # its connection closed (a file system can then be unmounted)
+            self._heartbeat = None
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise SpecError(f"--db: {short_path(self.path)} was opened read-only")
 
     def get(self, key: str) -> dict | None:
         cur = self.conn.execute(f"SELECT * FROM {TABLE} WHERE key = ?", (key,))
