@@ -1,7 +1,7 @@
 """Sweep bookkeeping: concurrent sweeps on one store claim their points (each point runs once), a killed sweep's
 claims are taken over, the summary counts computed / reused / failed / failed earlier, and progress is a bar on
 a terminal but periodic one-line logs otherwise. Real analytic points throughout; the only patch is a sleep
-around each analytic batch (of one point) in the child sweeps, so that their runs overlap for certain."""
+after each analytic chunk (of one point) in the child sweeps, so that their runs overlap for certain."""
 
 import argparse
 import contextlib
@@ -37,9 +37,11 @@ import json, os, sys, time
 import stream_mla.sweeps.runner as r
 from stream_mla.sweeps.spec import SweepSpec
 orig = r.run_analytic_batch
-def slow(points, store, **kw):  # analytic points one per batch, each slowed down
-    time.sleep(float(sys.argv[4]))
-    return orig(points, store, **kw)
+def slow(points, store, on_chunk=None, **kw):  # analytic points one per chunk, each slowed down
+    def sleepy(computed, failed):
+        on_chunk(computed, failed)
+        time.sleep(float(sys.argv[4]))
+    return orig(points, store, on_chunk=sleepy, **kw)
 r.run_analytic_batch = slow
 r.ANALYTIC_CHUNK = 1
 r.POLL_S = 0.1
@@ -258,3 +260,27 @@ def test_every_exit_releases_the_claims(tmp_path, monkeypatch, how):
     with pytest.raises((KeyboardInterrupt, MemoryError)):
         run_sweep(SweepSpec.from_dict({"sweeps": [SMALL]}).points(), db, progress=False)
     assert claims(db) == {}
+
+
+def test_the_eta_after_the_analytic_batch_counts_the_slow_points_only(tmp_path, capsys, monkeypatch):
+    """The analytic batch settles thousands of points a second; the rate (and ETA) printed for the points left
+    after it is theirs (here three zigzag points, each given 0.2 s: about 5 points/s), not the mixed one."""
+    execute = runner._execute
+
+    def slow(point: dict, timeout_s: float):  # an engine point that takes 0.2 s (its row: the analytic one's)
+        time.sleep(0.2)
+        status, row = execute({**point, "engine": "analytic"}, timeout_s)
+        return status, {**row, "key": SweepPoint.model_validate(point).key(), "engine": "zigzag"}
+
+    monkeypatch.setattr(runner, "_execute", slow)
+    monkeypatch.setattr(runner, "LOG_EVERY_S", 0.0)
+    fast = SweepSpec.from_dict({"sweeps": [SMALL]}).points()
+    engine = [p.model_copy(update={"engine": "zigzag"}) for p in fast[:3]]
+    s = run_sweep([*fast, *engine], tmp_path / "r.sqlite", workers=1)
+    assert (s["computed"], s["failed"]) == (19, 0)
+    lines = capsys.readouterr().err.splitlines()
+    after = [line for line in lines if line.startswith(("sweep: 17/19", "sweep: 18/19"))]
+    assert len(after) == 2, lines
+    for line in after:
+        rate = float(line.split("), ")[1].split(" pt/s")[0])
+        assert rate < 10, line  # the mixed rate would be about 17 points / 0.2 s

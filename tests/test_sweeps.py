@@ -115,9 +115,11 @@ import sys, time
 import stream_mla.sweeps.runner as r
 from stream_mla.sweeps.spec import SweepSpec
 orig = r.run_analytic_batch
-def slow(points, store, **kw):
-    time.sleep(0.05)
-    return orig(points, store, **kw)
+def slow(points, store, on_chunk=None, **kw):  # each chunk committed, then 0.05 s before the next one is written
+    def sleepy(computed, failed):
+        on_chunk(computed, failed)
+        time.sleep(0.05)
+    return orig(points, store, on_chunk=sleepy, **kw)
 r.run_analytic_batch = slow
 r.ANALYTIC_CHUNK = 1
 r.run_sweep(SweepSpec.from_dict(eval(sys.argv[1])), sys.argv[2], progress=False)

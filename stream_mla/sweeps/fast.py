@@ -17,7 +17,8 @@ import hashlib
 import json
 import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 
 from stream_mla.errors import SpecError
@@ -344,16 +345,21 @@ def _unkeyed(p: SweepPoint) -> str:
 
 
 def run_analytic_batch(
-    points: Iterable[SweepPoint] | Mapping[str, SweepPoint], store, chunk: int = 5000, retry_failed: bool = False
+    points: Iterable[SweepPoint] | Mapping[str, SweepPoint],
+    store,
+    chunk: int = 5000,
+    retry_failed: bool = False,
+    on_chunk: Callable[[int, int], None] | None = None,
 ) -> tuple[int, int]:
     """Compute the analytic points not yet in `store` (a ResultStore) and write them, `chunk` points per
-    transaction (`put_many`); returns (computed, failed). `points` may be {key: point} (`SweepSpec.keyed_points`),
-    whose keys are then taken as they are. Cached: stored ok, or failed unless retry_failed. A point that fails
-    (its own error, as `run_point` raises it, or a row beyond the store's integers) is stored as a failed row with
-    its one-line error, as the runner stores it; the others are unaffected. A point whose key itself fails (e.g. a
-    scheme its model cannot run) is stored under a key of its fields (`_unkeyed`)."""
+    transaction (`put_many`); returns (computed, failed), and calls on_chunk(computed, failed) after each chunk is
+    committed. `points` may be {key: point} (`SweepSpec.keyed_points`), whose keys are then taken as they are.
+    Cached: stored ok, or failed unless retry_failed. A point that fails (its own error, as `run_point` raises it,
+    or a row beyond the store's integers) is stored as a failed row with its one-line error, as the runner stores
+    it; the others are unaffected. A point whose key itself fails (e.g. a scheme its model cannot run) is stored
+    under a key of its fields (`_unkeyed`). Chunk k + 1 is computed while chunk k is written (one writer thread:
+    SQLite's own work runs without the GIL), and the store's connection is used by that thread alone meanwhile."""
     from stream_mla.sweeps.runner import failed_row, one_line
-    from stream_mla.sweeps.store import unstorable
 
     ctx = _Context()
     if isinstance(points, Mapping):  # keys given: the groups of the points to compute are resolved below
@@ -372,28 +378,47 @@ def run_analytic_batch(
                     key_failures[k] = failures[i]
     have = store.keys("ok") | (set() if retry_failed else store.keys("failed"))
     todo = [(k, p) for k, p in keyed.items() if k not in have]
-    computed = failed = 0
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
-        sub = [p for _, p in part]
-        sub_keys = [None if k in key_failures else k for k, _ in part]
-        rows, failures = _rows(sub, sub_keys, ctx, resolve=True)
-        if key_failures:
-            failures.update({j: key_failures[k] for j, (k, _) in enumerate(part) if k in key_failures})
-        out = rows
-        for j in failures:
-            out[j] = failed_row(sub[j], part[j][0], one_line(failures[j]))
+    totals = [0, 0]
+
+    def write(part: list, out: list, failures: dict) -> None:
         try:
             store.put_many(out)
         except SpecError:  # a row beyond the store's integers (or non-finite): a failed point, as the runner has it
-            problems = {j: unstorable(r if isinstance(r, dict) else dict(zip(ROW_COLUMNS, r, strict=True)))
-                        for j, r in enumerate(out) if j not in failures}  # fmt: skip
+            problems = {j: _unstorable(r) for j, r in enumerate(out) if j not in failures}
             problems = {j: why for j, why in problems.items() if why}
             if not problems:
                 raise
             for j, why in problems.items():
-                out[j] = failed_row(sub[j], part[j][0], f"SpecError: {why}")
+                out[j] = failed_row(part[j][1], part[j][0], f"SpecError: {why}")
                 failures[j] = why
             store.put_many(out)
-        computed, failed = computed + len(out) - len(failures), failed + len(failures)
-    return computed, failed
+        totals[0] += len(out) - len(failures)
+        totals[1] += len(failures)
+        if on_chunk is not None:
+            on_chunk(len(out) - len(failures), len(failures))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="store-writer") as writer:
+        pending = None
+        try:
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                sub = [p for _, p in part]
+                sub_keys = [None if k in key_failures else k for k, _ in part]
+                rows, failures = _rows(sub, sub_keys, ctx, resolve=True)
+                if key_failures:
+                    failures.update({j: key_failures[k] for j, (k, _) in enumerate(part) if k in key_failures})
+                for j in failures:
+                    rows[j] = failed_row(sub[j], part[j][0], one_line(failures[j]))
+                if pending is not None:
+                    pending.result()  # in order: a failed write stops the batch before the next one starts
+                pending = writer.submit(write, part, rows, failures)
+        finally:
+            if pending is not None:
+                pending.result()
+    return totals[0], totals[1]
+
+
+def _unstorable(row: dict | tuple) -> str | None:
+    from stream_mla.sweeps.store import unstorable
+
+    return unstorable(row if isinstance(row, dict) else dict(zip(ROW_COLUMNS, row, strict=True)))

@@ -297,6 +297,8 @@ def run_sweep(
                     fast = {k: p for k, p in batch if registry.get(p.engine).batched}
                     batch = [(k, p) for k, p in batch if k not in fast]
                     _run_analytic(fast, store, stats, show)
+                    if fast and batch:
+                        show.restart()
                     if batch and client is not None:
                         _run_dask(batch, client, timeout_s, record)
                     elif batch:
@@ -332,13 +334,14 @@ def _keyed(spec_or_points, points: list[SweepPoint]) -> dict[str, SweepPoint]:
 
 def _run_analytic(points: dict[str, SweepPoint], store: ResultStore, stats: dict, show) -> None:
     """The claimed analytic points in chunks: rows from the count polynomials, each chunk one transaction."""
-    items = list(points.items())
-    for start in range(0, len(items), ANALYTIC_CHUNK):
-        computed, failed = run_analytic_batch(dict(items[start : start + ANALYTIC_CHUNK]), store,
-                                              chunk=ANALYTIC_CHUNK, retry_failed=True)  # fmt: skip
+
+    def committed(computed: int, failed: int) -> None:
         stats["computed"] += computed
         stats["failed"] += failed
         show.update()
+
+    if points:
+        run_analytic_batch(points, store, chunk=ANALYTIC_CHUNK, retry_failed=True, on_chunk=committed)
 
 
 def _duration(s: float) -> str:
@@ -351,7 +354,7 @@ class _Progress:
 
     def __init__(self, stats: dict, enabled: bool):
         self.stats, self.waiting, self.t0 = stats, 0, time.perf_counter()
-        self.last = self.t0
+        self.last, self.since = self.t0, (self.t0, 0)  # the rate and the ETA count from `since` (see restart)
         tty = enabled and sys.stderr.isatty()
         self.log = enabled and not tty
         self.bar = None
@@ -368,11 +371,17 @@ class _Progress:
         c = {"computed": s["computed"], "reused": s["reused"], "failed": s["failed"]}
         return c | ({"failed earlier": s["failed_before"]} if s["failed_before"] else {})
 
+    def restart(self) -> None:
+        """Count the rate from now: after the analytic batch (thousands of points a second) the engine points
+        (seconds each) are left, and an ETA from the mixed rate would be off by orders of magnitude."""
+        s = self.stats
+        self.since = (time.perf_counter(), s["computed"] + s["failed"])
+
     def line(self) -> str:
-        s, elapsed = self.stats, time.perf_counter() - self.t0
+        s, elapsed = self.stats, time.perf_counter() - self.since[0]
         counts = ", ".join(f"{v} {k}" for k, v in self.counts().items())
         text = f"sweep: {self.settled()}/{s['total']} points ({counts})"
-        ran = s["computed"] + s["failed"]
+        ran = s["computed"] + s["failed"] - self.since[1]
         if ran and elapsed > 0:
             rate = ran / elapsed
             left = s["total"] - self.settled()
