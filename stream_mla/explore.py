@@ -73,7 +73,7 @@ from onnx.helper import tensor_dtype_to_np_dtype
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from stream_mla.errors import EXCERPT_CHARS, SpecError, excerpt, first_error, one_line, read_document, short_path
-from stream_mla.figures import EXACT, TIE_HATCH, _figure, _save, ridge_regions, short
+from stream_mla.figures import EXACT, TIE_HATCH, _figure, _save, ridge_regions, short, small_multiple
 from stream_mla.models import Batch, Precision, Tokens, resolve_name_or_path
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
 from stream_mla.platforms import PlatformSpec, load_platform
@@ -696,12 +696,16 @@ def _fig_winner_map(ex: Explore, ws: list[Workload], regions: pd.DataFrame, name
                 ax.plot(base_r, base_m, marker="*", ms=11, color="w", mec="k", mew=0.8, zorder=5)
             _log_axes(ax)
             ax.set(xlim=(r_lo, r_hi if r_hi > r_lo else r_lo * 2), ylim=(m_lo / pad, m_hi * pad))
-            ax.set_title(f"{short(model)} B = {batch}, L = {ctx}, {prec}", fontsize=8)
-            ax.tick_params(labelsize=7)
-            if ri == len(rows) - 1:
-                ax.set_xlabel("ridge R = peak / DRAM bandwidth (FLOP/B)", fontsize=7)
-            if ci == 0:
-                ax.set_ylabel("on-chip memory (MB)", fontsize=7)
+            small_multiple(
+                ax,
+                f"{short(model)} B = {batch}, L = {ctx}, {prec}",
+                "ridge R = peak / DRAM bandwidth (FLOP/B)",
+                "on-chip memory (MB)",
+                bottom=ri == len(rows) - 1,
+                left=ci == 0,
+                size=7,
+            )
+            ax.grid(False)  # the regions are the grid
     ordered_schemes = [s for s in registry.NAMES if s in schemes] + [s for s in schemes if s not in registry.NAMES]
     handles = [Patch(color=registry.color(s), label=registry.label(s)) for s in ordered_schemes]
     tie = ex.spec.tie
@@ -740,13 +744,8 @@ def _fig_pareto(ws: list[Workload], pareto: pd.DataFrame, out: Path) -> list[Pat
                 ax.step(f["latency_s"] * 1e3, f["energy_pj"] * 1e-9, where="post", color=registry.color(s), lw=1.2)
                 ax.plot(f["latency_s"] * 1e3, f["energy_pj"] * 1e-9, ".", color=registry.color(s), ms=3)
             _log_axes(ax, subs=(1.0, 2.0, 5.0))
-            ax.set_title(f"{short(model)} B = {batch}, L = {ctx}, {prec}", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(True, which="major", alpha=0.3)
-            if ri == len(rows) - 1:
-                ax.set_xlabel("latency per layer-step (ms)", fontsize=7)
-            if ci == 0:
-                ax.set_ylabel("energy per layer-step (mJ)", fontsize=7)
+            small_multiple(ax, f"{short(model)} B = {batch}, L = {ctx}, {prec}", "latency per layer-step (ms)",
+                           "energy per layer-step (mJ)", bottom=ri == len(rows) - 1, left=ci == 0, size=7)  # fmt: skip
     handles = [Line2D([], [], color=registry.color(s), marker=".", lw=1.2, label=registry.label(s)) for s in schemes]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.suptitle("explore: latency-energy Pareto front per scheme over the explored platforms (MAC + DRAM + static)",

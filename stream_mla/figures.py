@@ -145,6 +145,17 @@ def _scheme_handles(schemes: Iterable[str], engines: Iterable[str] = ()) -> list
     return handles + [Line2D([], [], color="k", marker=MARKERS.get(e, "D"), ls="", label=e) for e in engines]
 
 
+def small_multiple(ax, title: str, xlabel: str, ylabel: str, bottom: bool, left: bool, size: int = 9) -> None:
+    """One panel of a grid: its title, ticks and grid; axis labels on the bottom row and the left column only."""
+    ax.set_title(title, fontsize=size + 1)
+    ax.tick_params(labelsize=size - 1)
+    ax.grid(True, which="major", alpha=0.3)
+    if bottom:
+        ax.set_xlabel(xlabel, fontsize=size)
+    if left:
+        ax.set_ylabel(ylabel, fontsize=size)
+
+
 def _legend_right(fig: Figure, handles: list, title: str | None = None, width: float = 0.15) -> None:
     """One legend for the whole figure, right of the panels (never over data), then the panels laid out beside it."""
     fig.legend(handles=handles, loc="center right", fontsize=9, frameon=False, title=title, title_fontsize=9)
@@ -381,13 +392,8 @@ def fig_latency_context(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                 recs.append({"batch": b, "platform": p, "model": model, **r})
             ax.set(xscale="log", yscale="log")
             ax.set_xscale("log", base=2)
-            ax.set_title(f"{p} ({short(model)}), B = {b}", fontsize=10)
-            ax.tick_params(labelsize=8)
-            ax.grid(True, which="major", alpha=0.3)
-            if bi == len(batches) - 1:
-                ax.set_xlabel("context L", fontsize=9)
-            if pi == 0:
-                ax.set_ylabel("latency per layer-step (ms)", fontsize=9)
+            small_multiple(ax, f"{p} ({short(model)}), B = {b}", "context L", "latency per layer-step (ms)",
+                           bottom=bi == len(batches) - 1, left=pi == 0)  # fmt: skip
     fig.suptitle(f"F4: decode latency vs context ({BASELINE_NOTE})", fontsize=11)
     _legend_right(fig, _scheme_handles(ordered(d["scheme"].unique(), SCHEMES), engines_in(d)), width=0.1)
     return _save(fig, pd.DataFrame(recs), out_dir, "F4_latency_vs_context")

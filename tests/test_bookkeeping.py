@@ -3,7 +3,6 @@ claims are taken over, the summary counts computed / reused / failed / failed ea
 a terminal but periodic one-line logs otherwise. Real analytic points throughout; the only patch is a sleep
 after each analytic chunk (of one point) in the child sweeps, so that their runs overlap for certain."""
 
-import argparse
 import contextlib
 import io
 import json
@@ -19,14 +18,13 @@ import pytest
 
 import stream_mla.sweeps.runner as runner
 import stream_mla.sweeps.store as store_mod
-from stream_mla.sweeps.cli import add_commands
 from stream_mla.sweeps.points import SweepPoint, run_point
 from stream_mla.sweeps.runner import run_sweep
 from stream_mla.sweeps.spec import SweepSpec
 from stream_mla.sweeps.store import ResultStore
 
-SMALL = {"models": ["deepseek-v3", "deepseek-v2-lite"], "schemes": ["mha", "mla-absorb"], "context": [512, 4096],
-         "platforms": ["h100-like", "edge-npu"]}  # fmt: skip
+from test_sweeps import SMALL, _cli
+
 GRID = {"models": ["deepseek-v3", "deepseek-v2-lite"], "schemes": ["mha", "mla-naive", "mla-absorb", "mla-recompute",
         "mla-merged"], "platforms": ["h100-like", "edge-npu"], "batch": [1, 2, 4]}  # fmt: skip
 SPEC_A = {"sweeps": [{**GRID, "context": [256 * k for k in range(1, 9)]}]}  # 480 points
@@ -189,13 +187,6 @@ def test_a_sweep_waits_for_points_another_sweep_holds(tmp_path, monkeypatch):
     log = claims(db)
     assert {log[p.key()][0] for p in held[:2]} == {other.owner}
     assert all(w == 1 for *_, w in log.values())
-
-
-def _cli(argv):
-    ap = argparse.ArgumentParser()
-    add_commands(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
-    args.func(args)
 
 
 def test_summary_counts_earlier_failures_apart_from_cached(tmp_path, capsys):
