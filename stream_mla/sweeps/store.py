@@ -171,9 +171,7 @@ class ResultStore:
         if self.path.is_file() and not _writable(self.path):
             raise sqlite3.OperationalError("attempt to write a readonly database")
         prepare_output(self.path, "--db")  # parent folders made; a place that cannot be written is refused here
-        # autocommit, explicit transactions; one thread at a time, not always the opener's (the analytic batch
-        # writes from its writer thread while it computes the next chunk)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)  # autocommit; explicit txns
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         cols = ", ".join(f"{c} {_sql_type(c)}" for c in ROW_COLUMNS)
