@@ -292,6 +292,20 @@ def _references(r: pd.Series) -> dict[str, float]:
     return {k: float(v) for k, v in refs.items() if pd.notna(v)}
 
 
+def _bracket(ratio: float, refs: dict[str, float]) -> str:
+    """Where a ratio lies among the references: above all, below all, or between the two nearest."""
+    below = {k: v for k, v in refs.items() if v <= ratio}
+    above = {k: v for k, v in refs.items() if v > ratio}
+    if not above:
+        k = max(below, key=below.get)
+        return f"more than any: the largest is the {k}, {below[k]:.2f}x"
+    if not below:
+        k = min(above, key=above.get)
+        return f"less than any: the smallest is the {k}, {above[k]:.2f}x"
+    lo, hi = max(below, key=below.get), min(above, key=above.get)
+    return f"between the {lo}, {below[lo]:.2f}x, and the {hi}, {above[hi]:.2f}x"
+
+
 def _c1_engine(r: pd.Series) -> Check:
     ratio, refs = r["engine_dram_bytes"] / r["dram_bytes"], _references(r)
     off = {k: abs(ratio / v - 1) for k, v in refs.items()}
@@ -301,8 +315,8 @@ def _c1_engine(r: pd.Series) -> Check:
     return _check(
         "C1", f"engine/analytic DRAM bytes, {short(r['scheme'])} {_at(r)}", r["engine"], ratio, ref,
         evidence=(_ev(r, "engine_dram_bytes"), _ev(r, "dram_bytes")),
-        reason=lambda: f"{r['engine']} rows move {ratio:.2f}x the analytic bytes, more than any reference the spec "
-        f"explains (nearest: {name}, {ref:.2f}x)" + (f": {_refetch(r)}." if _refetch(r) else "."),
+        reason=lambda: f"{r['engine']} rows move {ratio:.2f}x the analytic bytes, which no reference of the spec "
+        f"explains ({_bracket(ratio, refs)})" + (f": {_refetch(r)}." if _refetch(r) else "."),
         note="" if name == "analytic" else f"matches the {name} ({ref:.2f}x)", detail=lambda: _util(r),
     )  # fmt: skip
 

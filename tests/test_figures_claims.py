@@ -194,7 +194,10 @@ def test_engine_reasons_come_from_the_rows(table):
     r = evaluate_claims(pd.concat([analytic, spill]))
     fails = [c for c in r.of("C1", "stream") if c.verdict == "FAIL"]
     assert fails and all(c.measured == pytest.approx(2.06) for c in fails)
-    assert fails[0].reason.startswith("stream rows move 2.06x the analytic bytes, more than any reference")
+    assert fails[0].reason.startswith(
+        "stream rows move 2.06x the analytic bytes, which no reference of the spec "
+        "explains (more than any: the largest is the layer-by-layer exchange, "
+    )
     assert fails[0].note.startswith("T/roofline 1.02, DRAM engine/analytic 2.06")  # the full diagnostics
     # moving exactly the layer-by-layer bytes (no reuse between steps) is explained, not a failure
     spill["engine_dram_bytes"] = spill["layer_by_layer_bytes"].astype(float)
@@ -359,3 +362,13 @@ def test_step_names_stay_readable():
 
     assert step_name("k_up+v_up+ctx") == "k_up+v_up+ctx"  # a short group is named in full
     assert step_name("a+b+c+d+e") == "a+…+e (a fused group of 5 nodes)"
+
+
+def test_a_ratio_is_placed_among_the_references():
+    """A fused recompute that keeps part of its K/V on-chip lies between the references; the reason says so."""
+    from stream_mla.claims import _bracket
+
+    refs = {"analytic": 1.0, "analytic + §5.3 spill": 33.65, "layer-by-layer exchange": 34.43}
+    assert _bracket(3.0, refs) == "between the analytic, 1.00x, and the analytic + §5.3 spill, 33.65x"
+    assert _bracket(42.1, refs) == "more than any: the largest is the layer-by-layer exchange, 34.43x"
+    assert _bracket(0.5, refs) == "less than any: the smallest is the analytic, 1.00x"
