@@ -293,9 +293,9 @@ def run_sweep(
                 mine = store.claim(todo, retry_before)
                 if mine:
                     show.waiting = 0
-                    batch = _order([(k, todo.pop(k)) for k in list(todo) if k in mine])
+                    batch = [(k, todo.pop(k)) for k in list(todo) if k in mine]
                     fast = {k: p for k, p in batch if registry.get(p.engine).batched}
-                    batch = [(k, p) for k, p in batch if k not in fast]
+                    batch = _order([(k, p) for k, p in batch if k not in fast])
                     _run_analytic(fast, store, stats, show)
                     if fast and batch:
                         show.restart()
