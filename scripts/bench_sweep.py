@@ -54,10 +54,11 @@ def analytic_throughput(tmp: Path, repeat: int) -> None:
     """Points/s of an analytic sweep end to end (`run_sweep`): spec load (validation and keys:
     `SweepSpec.keyed_points`), the checks, the store's cached keys, the claims, rows (count polynomials) and
     `put_many` (`fast.run_analytic_batch`, through the runner). Cold: a fresh store and
-    empty caches (polynomials, graph counts, the spec's keys, resolved groups), the first time in the process (its
-    one-time costs included: first graphs, code digest) and again; warm: the same store again (every point cached);
-    fresh store, warm caches: the computation and the writes alone. Wall and CPU seconds are both
-    printed: on a shared machine the wall time also counts the other jobs' turns."""
+    empty caches (polynomials in memory and on disk, graph counts, the spec's keys, resolved groups), the first time
+    in the process (its one-time costs included: first graphs, code digest) and again; warm: the same store again
+    (every point cached); fresh store, warm caches: the computation and the writes alone; a new process: empty
+    memory, the polynomials read from the disk cache an earlier sweep left (`fast._pieces`). Wall and CPU seconds
+    are both printed: on a shared machine the wall time also counts the other jobs' turns."""
 
     def once(db: Path) -> tuple[float, float, float, int, int, int]:
         t, cpu = time.perf_counter(), time.process_time()
@@ -66,14 +67,25 @@ def analytic_throughput(tmp: Path, repeat: int) -> None:
         s = run_sweep(spec, db, progress=False)
         return time.perf_counter() - t, time.process_time() - cpu, t_spec, s["total"], s["computed"], s["failed"]
 
+    def clear_memory() -> None:
+        for clear in (polynomial.pieces.cache_clear, polynomial.direct.cache_clear, spec_memo.clear,
+                      fast.SHARED.clear):  # fmt: skip
+            clear()
+
+    disk = tmp / "poly-cache"  # the derived polynomials on disk (fast._pieces), as a later process finds them
     cold = ("cold, first in the process", "cold caches")
-    for k, label in enumerate((*cold, "warm", "fresh store, warm caches")):
+    labels = (*cold, "warm", "fresh store, warm caches", "fresh store, a new process: polynomials on disk")
+    for k, label in enumerate(labels):
         runs = []
         for i in range(1 if label in cold else repeat):
-            if label in cold:
-                for clear in (polynomial.pieces.cache_clear, polynomial.direct.cache_clear, spec_memo.clear,
-                              fast.SHARED.clear):  # fmt: skip
-                    clear()
+            if label in cold:  # nothing derived anywhere: an empty disk cache too
+                os.environ[CACHE_ENV] = str(tmp / f"empty-{k}-{i}")
+                clear_memory()
+            elif label.endswith("on disk"):
+                os.environ[CACHE_ENV] = str(disk)
+                if not disk.exists():  # filled once, then every run starts with empty memory
+                    once(tmp / "fill.sqlite")
+                clear_memory()
             db = tmp / (f"analytic-{k}-{i}.sqlite" if label != "warm" else "analytic-1-0.sqlite")
             runs.append(once(db))
         wall, cpu, t_spec, n, computed, failed = min(runs)

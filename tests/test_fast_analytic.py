@@ -320,3 +320,39 @@ def test_failing_groups_become_failed_rows_and_the_rest_is_stored(tmp_path):
         assert run_analytic_batch(keyed, store) == (4, 0)
         assert [store.get(k) is not None for k in keyed] == [True] * 4
         assert {c: store.get(next(iter(keyed)))[c] for c in ROW_COLUMNS} == run_point(next(iter(keyed.values())))
+
+
+def test_derived_polynomials_are_kept_on_disk_and_rederived_when_unreadable(tmp_path, monkeypatch):
+    """A later process reads a group's polynomials from the cache folder instead of deriving them (the rows are the
+    same); an unreadable file is derived again; `STREAM_MLA_CACHE=off` keeps nothing."""
+    from stream_mla.sweeps import fast
+
+    pts = [SweepPoint(model="deepseek-v2-lite", scheme=s, context=c, batch=b, platform="h100-like")
+           for s in ("mha", "mla-absorb") for c in (512, 3000) for b in (1, 3)]  # fmt: skip
+    expected = [run_point(p) for p in pts]
+    monkeypatch.setenv("STREAM_MLA_CACHE", str(tmp_path))
+    polynomial.pieces.cache_clear()
+    fast.SHARED.clear()
+    assert analytic_rows(pts) == expected
+    files = sorted((tmp_path / fast.POLY_FOLDER).glob("*.pickle"))
+    assert len(files) == 2  # one group per scheme
+
+    def no_derivation(group):
+        raise AssertionError("derived again although its polynomials are on disk")
+
+    polynomial.pieces.cache_clear()
+    fast.SHARED.clear()
+    monkeypatch.setattr(polynomial, "derive", no_derivation)
+    assert analytic_rows(pts) == expected  # read from disk
+    monkeypatch.undo()
+    monkeypatch.setenv("STREAM_MLA_CACHE", str(tmp_path))
+    for f in files:
+        f.write_bytes(b"not a pickle")
+    polynomial.pieces.cache_clear()
+    fast.SHARED.clear()
+    assert analytic_rows(pts) == expected  # derived again, and written back whole
+    assert all(f.read_bytes() != b"not a pickle" for f in files)
+    monkeypatch.setenv("STREAM_MLA_CACHE", "off")
+    polynomial.pieces.cache_clear()
+    fast.SHARED.clear()
+    assert analytic_rows(pts[:2]) == expected[:2]

@@ -13,9 +13,12 @@ depend on sizes; a point failing them, and every point of a group until one of i
 per-point path (`SweepPoint.key()`, `run_point`), so every error is the one that point raises itself.
 """
 
+import contextlib
 import hashlib
 import json
 import operator
+import os
+import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from itertools import repeat
@@ -207,6 +210,38 @@ def _group_constants(p: SweepPoint, g: _Group) -> tuple[dict, object]:
     return {c: const[c] for c in ROW_COLUMNS if c not in PER_POINT}, cp
 
 
+POLY_FOLDER = "polynomials"  # under the cost cache's folder ($STREAM_MLA_CACHE; `off` disables both)
+
+
+def _pieces(group) -> tuple:
+    """`polynomial.pieces`, kept on disk across processes: one pickle per group, keyed by the group and the digest of
+    the code a row depends on (so a change to any builder or count derives them again); written atomically, and a
+    file that cannot be read is derived again. Deriving is ~20 ms a group (a handful of graphs); reading ~0.1 ms."""
+    got = polynomial._PIECES.get(group)
+    if got is not None:
+        return got
+    from stream_mla.engines.cost_cache import cache_root
+
+    root = cache_root()
+    if root is None:
+        return polynomial.pieces(group)
+    name = hashlib.sha256(f"{_points.code_digest(False)}\0{group!r}".encode()).hexdigest()[:32]
+    path = root / POLY_FOLDER / f"{name}.pickle"
+    try:
+        found = pickle.loads(path.read_bytes())
+        polynomial.remember(group, found)
+        return found
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        pass
+    found = polynomial.pieces(group)
+    with contextlib.suppress(OSError):  # a cache that cannot be written costs speed, never a result
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(found))
+        os.replace(tmp, path)
+    return found
+
+
 def _count(fields: tuple, idx: list[int], points: list[SweepPoint], failures: dict) -> dict[int, tuple]:
     """Counts per point index (polynomials, or direct graph counts); a failing point lands in `failures`."""
     b, c, q = zip(*(_sizes(points[i]) for i in idx), strict=True)
@@ -214,7 +249,7 @@ def _count(fields: tuple, idx: list[int], points: list[SweepPoint], failures: di
     for pg, sub in polynomial.partition(fields, c, q).items():
         members = [idx[j] for j in sub]
         try:
-            polynomial.pieces(pg)
+            _pieces(pg)
         except SpecError as exc:  # the graph cannot be built for this group (e.g. no split-KV form): every point
             failures.update(dict.fromkeys(members, exc))
             continue

@@ -34,7 +34,7 @@ import math
 import random
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cache, cached_property, lru_cache
+from functools import cached_property, lru_cache
 from itertools import product
 
 import numpy as np
@@ -340,9 +340,27 @@ def _random_sizes(group: Group, lo: int, hi: int, rng: random.Random, log: bool)
     return {"batch": b, "context": length, "queries": q} if group.valid(b, length, q) else None
 
 
-@cache
+_PIECES: dict[Group, tuple[Piece, ...]] = {}
+
+
 def pieces(group: Group) -> tuple[Piece, ...]:
-    """The group's polynomial pieces along the context axis (one piece when the context is fixed)."""
+    """The group's polynomial pieces along the context axis (one piece when the context is fixed); derived once per
+    process (`derive`), or given by `remember` (the sweep's disk cache of derived pieces, `sweeps/fast.py`)."""
+    got = _PIECES.get(group)
+    if got is None:
+        got = _PIECES[group] = derive(group)
+    return got
+
+
+def remember(group: Group, found: tuple[Piece, ...]) -> None:
+    _PIECES[group] = found
+
+
+pieces.cache_clear = _PIECES.clear  # the functools.cache API the benchmark and tests use
+
+
+def derive(group: Group) -> tuple[Piece, ...]:
+    """Fit and verify the group's pieces from its graphs (the module docstring)."""
     seed = int(hashlib.sha256(repr(group).encode()).hexdigest()[:16], 16)
     rng = random.Random(seed)
     if group.context is not None:
