@@ -334,7 +334,7 @@ def test_derived_polynomials_are_kept_on_disk_and_rederived_when_unreadable(tmp_
     polynomial.pieces.cache_clear()
     fast.SHARED.clear()
     assert analytic_rows(pts) == expected
-    files = sorted((tmp_path / fast.POLY_FOLDER).glob("*.pickle"))
+    files = sorted((tmp_path / fast.POLY_FOLDER).rglob("*.pickle"))
     assert len(files) == 2  # one group per scheme
 
     def no_derivation(group):

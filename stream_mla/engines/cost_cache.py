@@ -156,14 +156,16 @@ def digest(*parts: Any) -> str:
 # --- the store ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CostCache:
-    """One kind of entry (`runner`, `stream`) under one root."""
+    """One kind of entry (`runner`, `stream`) of one family (`zigzag`; `polynomials`: the analytic sweep's derived
+    count polynomials, sweeps/fast.py) under one root."""
 
     root: Path
     kind: str
+    family: str = "zigzag"
 
     @property
     def folder(self) -> Path:
-        return self.root / "zigzag" / self.kind
+        return self.root / self.family / self.kind
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.pickle"
@@ -206,10 +208,10 @@ class CostCache:
         return self.folder.glob("*/*.pickle")
 
 
-def cost_cache(kind: str) -> CostCache | None:
+def cost_cache(kind: str, family: str = "zigzag") -> CostCache | None:
     """The cache for `kind` under the current root (the environment is read on every call), or None if off."""
     root = cache_root()
-    return None if root is None else CostCache(root, kind)
+    return None if root is None else CostCache(root, kind, family)
 
 
 def entry_key(kind: str, describe) -> str | None:

@@ -13,12 +13,9 @@ depend on sizes; a point failing them, and every point of a group until one of i
 per-point path (`SweepPoint.key()`, `run_point`), so every error is the one that point raises itself.
 """
 
-import contextlib
 import hashlib
 import json
 import operator
-import os
-import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from itertools import repeat
@@ -210,35 +207,28 @@ def _group_constants(p: SweepPoint, g: _Group) -> tuple[dict, object]:
     return {c: const[c] for c in ROW_COLUMNS if c not in PER_POINT}, cp
 
 
-POLY_FOLDER = "polynomials"  # under the cost cache's folder ($STREAM_MLA_CACHE; `off` disables both)
+POLY_FOLDER = "polynomials"  # a family of the cost cache ($STREAM_MLA_CACHE; `off` disables both)
 
 
 def _pieces(group) -> tuple:
-    """`polynomial.pieces`, kept on disk across processes: one pickle per group, keyed by the group and the digest of
-    the code a row depends on (so a change to any builder or count derives them again); written atomically, and a
-    file that cannot be read is derived again. Deriving is ~20 ms a group (a handful of graphs); reading ~0.1 ms."""
+    """`polynomial.pieces`, kept on disk across processes (the cost cache's atomic pickle store): one entry per
+    group, keyed by the group and the digest of the code a row depends on (a change to any builder or count derives
+    them again); an unreadable entry is derived again. Deriving is ~20 ms a group (a handful of graphs)."""
     got = polynomial._PIECES.get(group)
     if got is not None:
         return got
-    from stream_mla.engines.cost_cache import cache_root
+    from stream_mla.engines.cost_cache import cost_cache
 
-    root = cache_root()
-    if root is None:
+    store = cost_cache("pieces", family=POLY_FOLDER)
+    if store is None:
         return polynomial.pieces(group)
-    name = hashlib.sha256(f"{_points.code_digest(False)}\0{group!r}".encode()).hexdigest()[:32]
-    path = root / POLY_FOLDER / f"{name}.pickle"
-    try:
-        found = pickle.loads(path.read_bytes())
+    key = hashlib.sha256(f"{_points.code_digest(False)}\0{group!r}".encode()).hexdigest()[:32]
+    found = store.get(key)
+    if found is not None:
         polynomial.remember(group, found)
         return found
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
-        pass
     found = polynomial.pieces(group)
-    with contextlib.suppress(OSError):  # a cache that cannot be written costs speed, never a result
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(pickle.dumps(found))
-        os.replace(tmp, path)
+    store.put(key, found)
     return found
 
 
