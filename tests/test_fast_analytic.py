@@ -275,6 +275,8 @@ def test_put_many_stores_what_put_stores(tmp_path):
         ):
             with pytest.raises(SpecError, match=f"--db: row {rows[1]['key']}: " + unstorable(bad)[:8]):
                 store.put_many([rows[2], bad])
+            with pytest.raises(SpecError, match=f"--db: row {rows[1]['key']}: "):  # `checked` spares its own only
+                store.put_many([bad, rows[2]], checked={1})
         assert len(store) == 0  # nothing of a refused batch is written
         store.put_many([{**rows[1], "window": None, "oi": 1e308, "energy_pj": 1e308}])  # a sum that overflows
         assert len(store) == 1

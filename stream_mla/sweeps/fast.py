@@ -260,9 +260,10 @@ def _count(fields: tuple, idx: list[int], points: list[SweepPoint], failures: di
 
 def _rows(
     points: list[SweepPoint], keys: list[str | None], ctx: _Context, resolve: bool = False
-) -> tuple[list[tuple | dict | None], dict[int, BaseException]]:
+) -> tuple[list[tuple | dict | None], dict[int, BaseException], set[int]]:
     """Rows per point (tuples of ROW_COLUMNS values, or run_point's dict for an odd point; None where it failed)
-    for the points with a key, and {index: exception} of those that fail. resolve: a group not resolved yet (keys
+    for the points with a key, {index: exception} of those that fail, and the indices whose rows passed the
+    store's check in bulk (`put_many(rows, checked)`). resolve: a group not resolved yet (keys
     given, not computed here) is resolved from its first point that resolves; one that raises fails."""
     failures: dict[int, BaseException] = {}
     rows: list[tuple | dict | None] = [None] * len(points)
@@ -303,20 +304,23 @@ def _rows(
     counts: dict[int, tuple] = {}
     for wid, idx in by_workload.items():
         counts.update(_count(fields[wid], idx, points, failures))
+    checked: set[int] = set()
     for gk, idx in members.items():
         const, cp = groups[gk].constants
         done = [i for i in idx if i in counts] if failures else idx
-        for i, row in zip(done, _assemble(const, cp, [points[i] for i in done], [keys[i] for i in done],
-                                          [counts[i] for i in done]), strict=True):  # fmt: skip
+        made, ok = _assemble(const, cp, [points[i] for i in done], [keys[i] for i in done], [counts[i] for i in done])
+        for i, row in zip(done, made, strict=True):
             rows[i] = row
-    return rows, failures
+        if ok:
+            checked.update(done)
+    return rows, failures, checked
 
 
-def _assemble(const: dict, cp, pts: list[SweepPoint], keys: list[str], counts: list[tuple]) -> list[tuple]:
+def _assemble(const: dict, cp, pts: list[SweepPoint], keys: list[str], counts: list[tuple]) -> tuple[list[tuple], bool]:
     """Rows as tuples of their ROW_COLUMNS values, with the float operations of the analytic engine (roofline,
-    energy)."""
+    energy), and whether their columns pass the store's check (`storable_columns`)."""
     if not pts:
-        return []
+        return [], True
     macs, causal, weights, kv_read, kv_write, act, total, lbl = (list(col) for col in zip(*counts, strict=True))
     peak, bw, clock = cp.peak_mac_per_s, cp.dram_bytes_per_s, cp.clock_ghz
     mac_pj, dram_pj_bit = cp.mac_pj, cp.dram_pj_per_bit
@@ -337,7 +341,11 @@ def _assemble(const: dict, cp, pts: list[SweepPoint], keys: list[str], counts: l
         "energy_dram_pj": energy_dram, "engine_dram_bytes": [float(t) for t in total], "layer_by_layer_bytes": lbl,
     }  # fmt: skip
     columns = [per_point[c] if c in per_point else repeat(const[c]) for c in ROW_COLUMNS]
-    return list(zip(*columns, strict=False))  # a repeat is endless: the lists end it
+    rows = zip(*columns, strict=False)  # a repeat is endless: the lists end it
+    from stream_mla.sweeps.store import storable_columns  # the store imports pandas: only when used
+
+    # the store's check, here in bulk on the columns (a constant once): put_many need not transpose the rows again
+    return list(rows), storable_columns((c, per_point[c] if c in per_point else (const[c],)) for c in ROW_COLUMNS)
 
 
 def _analytic_only(points: list[SweepPoint], who: str) -> None:
@@ -353,7 +361,7 @@ def analytic_rows(points: Iterable[SweepPoint]) -> list[dict]:
     _analytic_only(points, "analytic_rows")
     ctx = _Context()
     keys, failures = _keys(points, ctx)
-    rows, row_failures = _rows(points, keys, ctx)
+    rows, row_failures, _ = _rows(points, keys, ctx)
     failures.update(row_failures)
     if failures:
         raise failures[min(failures)]
@@ -404,9 +412,9 @@ def run_analytic_batch(
     todo = [(k, p) for k, p in keyed.items() if k not in have]
     totals = [0, 0]
 
-    def write(part: list, out: list, failures: dict) -> None:
+    def write(part: list, out: list, failures: dict, checked: set[int]) -> None:
         try:
-            store.put_many(out)
+            store.put_many(out, checked)
         except SpecError:  # a row beyond the store's integers (or non-finite): a failed point, as the runner has it
             problems = {j: _unstorable(r) for j, r in enumerate(out) if j not in failures}
             problems = {j: why for j, why in problems.items() if why}
@@ -425,12 +433,12 @@ def run_analytic_batch(
         part = todo[start : start + chunk]
         sub = [p for _, p in part]
         sub_keys = [None if k in key_failures else k for k, _ in part]
-        rows, failures = _rows(sub, sub_keys, ctx, resolve=True)
+        rows, failures, checked = _rows(sub, sub_keys, ctx, resolve=True)
         if key_failures:
             failures.update({j: key_failures[k] for j, (k, _) in enumerate(part) if k in key_failures})
         for j in failures:
             rows[j] = failed_row(sub[j], part[j][0], one_line(failures[j]))
-        write(part, rows, failures)
+        write(part, rows, failures, checked - failures.keys())
     return totals[0], totals[1]
 
 
