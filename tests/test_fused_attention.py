@@ -243,6 +243,9 @@ def test_the_search_skips_only_what_cannot_win(edge):
     near = replace(slower, roofline_bound_s=slower.latency_s / 1.009)  # within 1 % of the roofline: none can gain
     assert search_skips("keep-softmax", edge, [near], counts).endswith("is already 1.009x the roofline")
     assert search_skips(FUSED_ATTENTION, edge, [near], counts) != ""
+    # default fusion is the fallback: it runs only while no strategy gave a valid result
+    assert "default fusion is the fallback" in search_skips(DEFAULT_FUSION, edge, [slower], counts)
+    assert search_skips(DEFAULT_FUSION, edge, [], counts) == ""  # edge-npu: one matrix core
 
 
 def test_per_layer_strategies_move_at_least_the_layer_by_layer_bytes(searched):
