@@ -419,7 +419,7 @@ def _engines_of(pid: int, timeout: float = 120) -> list[psutil.Process]:
     while time.time() < deadline:
         with contextlib.suppress(psutil.Error):
             procs = psutil.Process(pid).children(recursive=True)
-            if any("_child()" in " ".join(p.cmdline()) for p in procs):
+            if any("import stream_mla.engines as e" in " ".join(p.cmdline()) for p in procs):
                 time.sleep(1.0)  # let it get into its run
                 return psutil.Process(pid).children(recursive=True)
         time.sleep(0.05)

@@ -4,17 +4,25 @@ The engines and their properties are the registry's (`stream_mla.engines.registr
 engine process (`runs_in_process` False: the analytic roofline) is evaluated here, in the caller. Each run of the
 others (Stream, ZigZag) happens in its own process (a fresh interpreter) with a timeout and its own output folder,
 so a hung solve or a crash inside an engine never takes the caller down, and engine logging stays in that process.
-The process is started as `python -c ...`, not by multiprocessing's spawn, which re-imports the caller's main
-module: evaluate() then works from a plain script without an `if __name__ == "__main__":` guard. It runs in
-its own session (Ctrl-C reaches the caller, which stops it), and it dies with its caller, even after `kill -9`.
+On Linux each run is a fork of a *zygote*: an engine process that imported the engines once (~2 s of imports a run
+saved) and forks a fresh child per job, so every run starts from the same just-imported state and none sees what
+an earlier run left behind; the zygote is kept for the next run of the thread that started it (`_IDLE`), and a run
+that times out, fails to report or is interrupted takes its zygote down with it. Elsewhere each run is a fresh
+interpreter. Either is started as `python -c ...`, not by multiprocessing's spawn, which re-imports the caller's
+main module: evaluate() then works from a plain script without an `if __name__ == "__main__":` guard. It runs in
+its own session (Ctrl-C reaches the caller, which stops it), and it dies with its caller, even after `kill -9`
+(the zygote with the caller, a run with its zygote).
 """
 
+import atexit
 import contextlib
 import ctypes
+import importlib
 import json
 import math
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -79,12 +87,13 @@ def _run_job(engine: str, onnx_path: Path, hw: Hardware, workdir: Path, strategy
 # its job comes pickled on stdin, and its (status, payload) goes back in a file of the run folder.
 _CHILD_CODE = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); import stream_mla.engines as e; e._child()"
 RESULT_FILE = ".engine-result.pickle"
-_live: set[subprocess.Popen] = set()
+_live: set = set()  # subprocess.Popen or _Forked
 _live_lock = threading.Lock()
 
 
-def live_engine_processes() -> set[subprocess.Popen]:
-    """The engine processes that evaluate() calls of this process (any thread) are running now."""
+def live_engine_processes() -> set:
+    """The engine processes (each with a `kill()`) that evaluate() calls of this process (any thread) are running
+    now: fresh processes, or a zygote's forks (an idle zygote runs nothing and is not among them)."""
     with _live_lock:
         return set(_live)
 
@@ -95,6 +104,11 @@ def _child() -> None:
         job = pickle.load(sys.stdin.buffer)
     except (EOFError, pickle.UnpicklingError):  # the caller went away before sending the job
         os._exit(1)
+    _serve(job)
+
+
+def _serve(job: dict) -> None:
+    """Run one job, leave its (status, payload) in its run folder, and end this process."""
     out = job["workdir"] / RESULT_FILE
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(pickle.dumps(_run_job(**job)))
@@ -102,6 +116,117 @@ def _child() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip the engines' interpreter teardown
+
+
+# --- the zygote (Linux): one engine process that imported the engines, forking a child per job ------------------
+_ZYGOTE_CODE = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); import stream_mla.engines as e; e._zygote()"
+ZYGOTE = sys.platform.startswith("linux")  # fork is safe there: the zygote never runs a job or starts a thread
+PRELOAD = ("stream_mla.engines.stream_runner", "stream_mla.engines.zigzag_runner")  # what a run imports
+_IDLE: list["_Zygote"] = []  # zygotes waiting for a job
+_idle_lock = threading.Lock()
+
+
+def _zygote() -> None:
+    """Import the engines, then for each job (a length line and its pickle on stdin) fork a child that runs it;
+    report "pid N" when it starts and "done" when it ended on a private copy of stdout. Its own and its children's
+    stdout go to stderr (the caller's), as a fresh engine process's do."""
+    _die_with_parent(int(sys.argv[2]))
+    for name in PRELOAD:
+        importlib.import_module(name)
+    ctrl = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    jobs, me = sys.stdin.buffer, os.getpid()
+    while True:
+        header = jobs.readline()
+        if not header:  # the caller closed the pipe: no more jobs
+            os._exit(0)
+        job = pickle.loads(jobs.read(int(header)))
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the next job's bytes are not the child's
+                ctrl.close()
+                _die_with_parent(me)
+                _serve(job)
+            finally:
+                os._exit(1)  # _serve ends the process; reaching here means it raised
+        print(f"pid {pid}", file=ctrl)
+        os.waitpid(pid, 0)
+        print("done", file=ctrl)
+
+
+class _Forked:
+    """A run forked by a zygote, as the caller kills it (`live_engine_processes`)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class _Zygote:
+    """The caller's side of one zygote: send a job, read its control lines with a deadline."""
+
+    def __init__(self) -> None:
+        cmd = [sys.executable, "-c", _ZYGOTE_CODE, json.dumps(sys.path), str(os.getpid())]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=sys.__stderr__ or subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.buffer = b""
+        # Linux sends the parent-death signal when the *thread* that started a process ends: a zygote serves the
+        # thread that started it only (a sweep's worker threads live as long as the sweep)
+        self.thread = threading.current_thread()
+
+    def send(self, job: dict) -> bool:
+        data = pickle.dumps(job)
+        try:
+            self.proc.stdin.write(b"%d\n" % len(data) + data)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def line(self, deadline: float) -> str | None:
+        """The next control line, "" when the zygote is gone, None at the deadline (time.monotonic)."""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return ""
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
+def _take_zygote() -> _Zygote:
+    me, path = threading.current_thread(), json.dumps(sys.path)
+    with _idle_lock:
+        for z in [z for z in _IDLE if z.proc.poll() is not None or not z.thread.is_alive()]:
+            _IDLE.remove(z)
+            z.close()
+        for z in _IDLE:
+            if z.thread is me and z.proc.args[3] == path:  # started by this thread, with this import path
+                _IDLE.remove(z)
+                return z
+    return _Zygote()
+
+
+@atexit.register
+def _close_idle_zygotes() -> None:
+    with _idle_lock:
+        while _IDLE:
+            _IDLE.pop().close()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -123,10 +248,52 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _run_in_process(job: dict, timeout_s: float, what: str) -> tuple[str, object]:
-    """Run `job` (the arguments of _run_job) in a fresh engine process; kill it after `timeout_s`, and whenever
-    the caller stops waiting (an exception, Ctrl-C)."""
+    """Run `job` (the arguments of _run_job) in an engine process of its own (a zygote's fork on Linux, else a
+    fresh interpreter); kill it after `timeout_s`, and whenever the caller stops waiting (an exception, Ctrl-C)."""
     out = job["workdir"] / RESULT_FILE
     out.unlink(missing_ok=True)
+    status = _run_forked(job, timeout_s, what) if ZYGOTE else _run_fresh(job, timeout_s, what)
+    if not out.is_file():
+        raise EngineError(f"{what}: the engine process died ({status})")
+    try:
+        return pickle.loads(out.read_bytes())
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def _run_forked(job: dict, timeout_s: float, what: str) -> str:
+    """The job in a fork of an idle zygote (a new one if none); returns how its process ended."""
+    deadline = time.monotonic() + timeout_s  # imports of a new zygote count, as a fresh process's did
+    z, child, clean = _take_zygote(), None, False
+    try:
+        started = z.line(deadline) if z.send(job) else ""
+        if started is None:
+            raise EngineError(f"{what} timed out after {timeout_s:g} s")
+        if not started.startswith("pid "):
+            return f"exit code {z.proc.poll()}"
+        child = _Forked(int(started.split()[1]))
+        with _live_lock:
+            _live.add(child)
+        ended = z.line(deadline)
+        if ended is None:
+            raise EngineError(f"{what} timed out after {timeout_s:g} s")
+        clean = ended == "done"
+        return "it was killed or crashed" if clean else f"exit code {z.proc.poll()}"
+    finally:
+        if child is not None:
+            if not clean:
+                child.kill()
+            with _live_lock:
+                _live.discard(child)
+        if clean:
+            with _idle_lock:
+                _IDLE.append(z)
+        else:
+            z.close()
+
+
+def _run_fresh(job: dict, timeout_s: float, what: str) -> str:
+    """The job in a fresh engine process; returns how it ended."""
     cmd = [sys.executable, "-c", _CHILD_CODE, json.dumps(sys.path), str(os.getpid())]
     # Its own session: Ctrl-C at the terminal reaches the caller only, which then kills this process (an
     # interrupted engine would print its own traceback). Its stdout goes to stderr: `run --json` stays clean.
@@ -147,12 +314,7 @@ def _run_in_process(job: dict, timeout_s: float, what: str) -> tuple[str, object
         proc.wait()
         with _live_lock:
             _live.discard(proc)
-    if not out.is_file():
-        raise EngineError(f"{what}: the engine process died (exit code {proc.returncode})")
-    try:
-        return pickle.loads(out.read_bytes())
-    finally:
-        out.unlink(missing_ok=True)
+    return f"exit code {proc.returncode}"
 
 
 def evaluate(
