@@ -46,3 +46,14 @@ def test_a_timed_out_run_takes_its_zygote_down(tmp_path):
     assert engines._IDLE == [] and engines.live_engine_processes() == set()
     r = evaluate(SPEC, "edge-npu", "zigzag", workdir=tmp_path / "next")
     assert r.latency_cycles > 0 and len(engines._IDLE) == 1
+
+
+def test_a_changed_environment_gets_a_zygote_of_its_own(tmp_path, monkeypatch):
+    """A run inherits the caller's environment as it is now (e.g. another $STREAM_MLA_CACHE), as a fresh process
+    would: a zygote started under another one is not used."""
+    evaluate(SPEC, "edge-npu", "zigzag", workdir=tmp_path / "a")
+    before = {z.proc.pid for z in engines._IDLE}
+    monkeypatch.setenv("STREAM_MLA_CACHE", str(tmp_path / "other-cache"))
+    evaluate(SPEC, "edge-npu", "zigzag", workdir=tmp_path / "b")
+    assert (tmp_path / "other-cache").is_dir()  # the run used the new cache
+    assert {z.proc.pid for z in engines._IDLE} - before  # a new zygote

@@ -177,6 +177,7 @@ class _Zygote:
         # Linux sends the parent-death signal when the *thread* that started a process ends: a zygote serves the
         # thread that started it only (a sweep's worker threads live as long as the sweep)
         self.thread = threading.current_thread()
+        self.context = _context()  # what a fresh engine process would inherit: a zygote serves only this
 
     def send(self, job: dict) -> bool:
         data = pickle.dumps(job)
@@ -210,16 +211,22 @@ class _Zygote:
 
 
 def _take_zygote() -> _Zygote:
-    me, path = threading.current_thread(), json.dumps(sys.path)
+    me, context = threading.current_thread(), _context()
     with _idle_lock:
         for z in [z for z in _IDLE if z.proc.poll() is not None or not z.thread.is_alive()]:
             _IDLE.remove(z)
             z.close()
         for z in _IDLE:
-            if z.thread is me and z.proc.args[3] == path:  # started by this thread, with this import path
+            if z.thread is me and z.context == context:  # started by this thread, in the same environment
                 _IDLE.remove(z)
                 return z
     return _Zygote()
+
+
+def _context() -> tuple:
+    """The import path, environment and working folder a run inherits (e.g. $STREAM_MLA_CACHE, which a caller
+    may change between runs): a zygote started under others would run a job under those."""
+    return json.dumps(sys.path), dict(os.environ), os.getcwd()
 
 
 @atexit.register
