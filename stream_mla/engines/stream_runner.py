@@ -39,7 +39,7 @@ from stream.ir.infeasibility import InfeasibleAllocationError
 from stream.workload.node import HasIterationSpace
 from stream.workload.normalization import expand_normalizations
 
-from stream_mla.engines import stream_speed
+from stream_mla.engines import engine_speed
 from stream_mla.engines.cost_cache import register_stream_backend
 from stream_mla.engines.graph_fix import COPY_TAG, shared_inputs, split_shared_inputs, squeeze_unit_axes
 from stream_mla.engines.hardware import Hardware
@@ -105,9 +105,9 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
     """(estimate, its output folder): one Stream run of `onnx_path` (the graph Stream is given, see `stream_graph`).
     Stream's per-node ZigZag cost estimation goes through the persistent cost cache (`cost_cache.py`: a Stream
     core-cost backend, shared across points and processes, under $STREAM_MLA_CACHE); Stream's own per-run LUT stays
-    in each group folder under `out`. Stream's slowest pure helper runs as its faster twin (`stream_speed`)."""
+    in each group folder under `out`. Stream's slowest pure helper runs as its faster twin (`engine_speed`)."""
     register_stream_backend()
-    stream_speed.install()
+    engine_speed.install()
     if strategy == FUSED_ATTENTION:
         out.mkdir(parents=True, exist_ok=True)
         for extra in FUSED_RETRIES:
