@@ -211,6 +211,27 @@ def test_engine_reasons_come_from_the_rows(table):
         assert ("layer-by-layer" in c.note) == (ratio > 1.1)
 
 
+def test_recompute_excess_named_as_weight_rereads(table):
+    """A fused recompute row moving the analytic bytes plus exactly 7 reads of W_UK and W_UV (typed in here: V3
+    d_c = 512, h = 128, d_n = d_v = 128, bf16) is named as such; 7.5 reads is not a whole number and gets no such
+    reason, nor does a row of another strategy."""
+    analytic = table[table["engine"] == "analytic"]
+    rc = synthetic_engine(analytic[(analytic["scheme"] == "mla-recompute") & (analytic["model"] == "deepseek-v3")])
+    w = 512 * 128 * (128 + 128) * 2
+    rc["strategy"] = "fused-attention"  # the fused core (another mapping re-reads for other reasons)
+    for reads, named in ((7, True), (7.5, False)):
+        rows = rc.copy()
+        rows["engine_dram_bytes"] = rows["dram_bytes"] + reads * w
+        r = evaluate_claims(pd.concat([analytic, rows]))
+        fails = [c for c in r.of("C1", "stream") if c.verdict == "FAIL"]
+        assert fails
+        for c in fails:
+            assert ("7.00x the up-projection weights W_UK and W_UV (33.6 MB)" in c.reason) == named, c.reason
+    rows["strategy"], rows["engine_dram_bytes"] = "fixed-mapping", rows["dram_bytes"] + 7 * w
+    r = evaluate_claims(pd.concat([analytic, rows]))
+    assert not any("up-projection" in c.reason for c in r.of("C1", "stream"))
+
+
 def test_a_claim_fails_on_one_engine_and_passes_on_another(table):
     analytic = table[table["engine"] == "analytic"]
     absorb = analytic[analytic["scheme"] == "mla-absorb"]
