@@ -14,7 +14,7 @@ reused (`--db results/results.sqlite`). Prints Markdown; `--json` writes the row
 
     python scripts/physics_report.py [--db results/physics.sqlite] [--workers 2] [--model deepseek-v3]
         [--platforms h100-like h20-like] [--schemes mla-absorb mha] [--contexts 4096 32768] [--batch 1 32]
-        [--strategy auto] [--timeout 1800] [--json out.json]
+        [--strategy auto] [--timeout 1800] [--json out.json] [--report-only]
 """
 
 import argparse
@@ -82,14 +82,16 @@ def main() -> int:
     ap.add_argument("--strategy", default="auto")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--report-only", action="store_true", help="print what the store holds; run nothing")
     args = ap.parse_args()
     schemes = args.schemes or [s for s in registry.applicable(MODELS[args.model]) if s not in BASELINES]
     engine = "stream" if args.strategy == "auto" else f"stream:{args.strategy}"
     points = [SweepPoint(model=args.model, scheme=s, context=c, batch=b, platform=p, engine=engine)
               for p in args.platforms for s in schemes for c in args.contexts for b in args.batch]  # fmt: skip
-    summary = run_sweep(points, args.db, workers=args.workers, timeout_s=args.timeout, progress=sys.stderr.isatty())
-    print(f"{len(points)} points: {summary['computed']} computed, {summary['reused']} reused, {summary['failed']} "
-          f"failed, {summary['failed_before']} failed earlier, {summary['wall_s']:.0f} s\n")  # fmt: skip
+    if not args.report_only:
+        s = run_sweep(points, args.db, workers=args.workers, timeout_s=args.timeout, progress=sys.stderr.isatty())
+        print(f"{len(points)} points: {s['computed']} computed, {s['reused']} reused, {s['failed']} failed, "
+              f"{s['failed_before']} failed earlier, {s['wall_s']:.0f} s\n")  # fmt: skip
     with ResultStore(args.db, readonly=True) as store:
         rows = [store.get(p.key()) for p in points]
     print("| platform | scheme | L | B | winner | x roofline | DRAM / analytic | bound | hotspot (share of cycles, MAC "
@@ -98,8 +100,11 @@ def main() -> int:
     missed, failed = [], []
     for p, row in zip(points, rows, strict=True):
         where = f"| {p.platform} | {p.scheme} | {p.context} | {p.batch} |"
-        if row is None or row["status"] != "ok":
-            failed.append(f"- {p.platform} {p.scheme} L={p.context} B={p.batch}: {(row or {}).get('error')}")
+        if row is None:
+            print(f"{where} not run | | | | | | |")
+            continue
+        if row["status"] != "ok":
+            failed.append(f"- {p.platform} {p.scheme} L={p.context} B={p.batch}: {row.get('error')}")
             print(f"{where} failed | | | | | | |")
             continue
         print(f"{where} {row['strategy']} | {row['latency_s'] / row['roofline_s']:.3f} | "
@@ -109,7 +114,9 @@ def main() -> int:
         if found := misses(row):
             missed.append(f"- {p.platform} {p.scheme} L={p.context} B={p.batch}: {'; '.join(found)}. {cause(row)}")
     ok = [r for r in rows if r and r["status"] == "ok"]
-    print(f"\n{len(ok)} rows; {len(ok) - len(missed)} meet every target; {len(missed)} miss; {len(failed)} failed.")
+    absent = sum(r is None for r in rows)
+    print(f"\n{len(ok)} rows; {len(ok) - len(missed)} meet every target; {len(missed)} miss; {len(failed)} failed; "
+          f"{absent} not run.")  # fmt: skip
     if missed:
         print("\nMisses (node and cause from the row):\n" + "\n".join(missed))
     if failed:
