@@ -212,15 +212,17 @@ class _Zygote:
 
 def _take_zygote() -> _Zygote:
     me, context = threading.current_thread(), _context()
+    found = None
     with _idle_lock:
-        for z in [z for z in _IDLE if z.proc.poll() is not None or not z.thread.is_alive()]:
-            _IDLE.remove(z)
-            z.close()
-        for z in _IDLE:
-            if z.thread is me and z.context == context:  # started by this thread, in the same environment
+        for z in list(_IDLE):
+            usable = z.proc.poll() is None and z.thread.is_alive()
+            if usable and z.thread is me and z.context == context and found is None:
+                found = z  # started by this thread, in the same environment
                 _IDLE.remove(z)
-                return z
-    return _Zygote()
+            elif not usable or z.thread is me:  # dead, or this thread's under another environment: at most one
+                _IDLE.remove(z)  # idle zygote per thread, so a caller whose environment changes keeps none behind
+                z.close()
+    return found or _Zygote()
 
 
 def _context() -> tuple:
