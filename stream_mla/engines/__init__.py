@@ -242,11 +242,14 @@ def _die_with_parent(parent: int) -> None:
     """End this process when its caller (pid `parent`) dies, so that `kill -9` of a sweep leaves no engine
     running: at once on Linux (PR_SET_PDEATHSIG), else within half a second (a watchdog thread). The caller may
     have died while this interpreter was starting: then the parent is already someone else, and it exits now."""
+    armed = False
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+            armed = ctypes.CDLL(None).prctl(1, signal.SIGKILL) == 0  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os._exit(1)
+    if armed:  # no watchdog thread: a zygote forks, and a process with one thread forks safely
+        return
 
     def watch() -> None:
         while os.getppid() == parent:
