@@ -20,14 +20,21 @@ reused (`--db results/results.sqlite`). Prints Markdown; `--json` writes the row
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
+import onnx
+import pandas as pd
+
+from stream_mla.claims import step_name, weight_rereads
+from stream_mla.engines.stream_mapping import attention_core
 from stream_mla.models import PRESETS as MODELS
 from stream_mla.platforms import PRESETS
 from stream_mla.sweeps.points import SweepPoint
 from stream_mla.sweeps.runner import run_sweep
 from stream_mla.sweeps.store import ResultStore
-from stream_mla.workloads import registry
+from stream_mla.workloads import export, registry
+from stream_mla.workloads.counts import step_counts
 
 TARGET = {"memory": 1.15, "compute": 1.35}  # x the roofline (issue 8)
 DRAM_TARGET = 1.05  # engine DRAM / analytic
@@ -46,12 +53,33 @@ def misses(row: dict) -> list[str]:
 
 
 def cause(row: dict) -> str:
-    """The node and the mechanism the row's own numbers name."""
-    parts = [f"{row['hotspot']}: {row['hotspot_cycle_share']:.0%} of cycles at {row['hotspot_mac_util']:.0%} of peak "
-             "MAC/s"]  # fmt: skip
-    if row.get("excess_step") and (row.get("excess_bytes") or 0) > 0:
-        parts.append(f"{row['excess_step']} moves {row['excess_bytes'] / 1e6:,.1f} MB beyond the analytic bytes")
+    """The node and the mechanism the row's own numbers name: the serialization of Stream's steps where the row is
+    within 5 % of its serial bound, the step with most cycles, the step re-fetching most (if above 1 MB)."""
+    parts = []
+    if row["serial"] <= 1.05:
+        parts.append(f"Stream's steps in turn: {row['serial']:.3f}x the serial bound, so the time above the roofline "
+                     "is the overlap the roofline assumes and Stream's schedule does not have")  # fmt: skip
+    parts.append(f"{step_name(row['hotspot'])}: {row['hotspot_cycle_share']:.0%} of cycles at "
+                 f"{row['hotspot_mac_util']:.0%} of peak MAC/s")  # fmt: skip
+    if row.get("excess_step") and (row.get("excess_bytes") or 0) > 1e6:
+        parts.append(f"{step_name(row['excess_step'])} moves {row['excess_bytes'] / 1e6:,.1f} MB beyond its inputs "
+                     "and outputs")  # fmt: skip
+    if (why := weight_rereads(pd.Series(row))) != "":
+        parts.append(why)
     return "; ".join(parts)
+
+
+def serial_bound(p: SweepPoint, row: dict, tmp: Path) -> float:
+    """Seconds if the steps Stream runs one after another (engines.md trap 9) each took their own roofline: the
+    attention core one step under fused-attention, every other compute node a step of its own, each exchanging
+    through DRAM what crosses its boundary (`counts.step_counts`). The layer's roofline overlaps compute and
+    memory across the whole layer; this overlaps them only within a step, so latency / this is what is left once
+    Stream's serialization is granted."""
+    path = export(p.workload(), tmp / f"{p.platform}-{p.scheme}-{p.context}-{p.batch}.onnx")
+    core = attention_core(path)[0] if row["strategy"] == "fused-attention" else []
+    steps = step_counts(onnx.load(str(path)), dict.fromkeys(core, "attention core"))
+    flop, bw = row["peak_flop_per_s"], row["dram_bytes_per_s"]
+    return sum(max(2 * macs / flop, nbytes / bw) for macs, nbytes in steps.values())
 
 
 def skipped(row: dict) -> str:
@@ -94,21 +122,34 @@ def main() -> int:
               f"{s['failed_before']} failed earlier, {s['wall_s']:.0f} s\n")  # fmt: skip
     with ResultStore(args.db, readonly=True) as store:
         rows = [store.get(p.key()) for p in points]
-    print("| platform | scheme | L | B | winner | x roofline | DRAM / analytic | bound | hotspot (share of cycles, MAC "
-          "util) | skipped | wall (s) |")  # fmt: skip
-    print("|---|---|---:|---:|---|---:|---:|---|---|---|---:|")
+        if args.report_only and None in rows:  # rows of another code version: matched by their fields, flagged
+            fields = ("model", "scheme", "phase", "batch", "context", "platform", "bw_scale", "engine")
+            table = store.table(include_failed=True)
+            table = table[(table["part"] == "layer") & (table["queries"] == 1)]
+            by_fields = {tuple(r[f] for f in fields): r for r in table.to_dict("records")}
+            for i, p in enumerate(points):
+                if rows[i] is None and (old := by_fields.get(tuple(getattr(p, f) for f in fields))) is not None:
+                    rows[i] = {**old, "strategies": old["strategies"], "stale": True}
+            if any(r and r.get("stale") for r in rows):
+                print("Rows marked * come from another code version of the project (matched by their fields).\n")
+    print("| platform | scheme | L | B | winner | x roofline | x serial bound | DRAM / analytic | bound | hotspot "
+          "(share of cycles, MAC util) | skipped | wall (s) |")  # fmt: skip
+    print("|---|---|---:|---:|---|---:|---:|---:|---|---|---|---:|")
+    tmp = Path(tempfile.mkdtemp(prefix="physics-"))
     missed, failed = [], []
     for p, row in zip(points, rows, strict=True):
         where = f"| {p.platform} | {p.scheme} | {p.context} | {p.batch} |"
         if row is None:
-            print(f"{where} not run | | | | | | |")
+            print(f"{where} not run | | | | | | | |")
             continue
         if row["status"] != "ok":
             failed.append(f"- {p.platform} {p.scheme} L={p.context} B={p.batch}: {row.get('error')}")
-            print(f"{where} failed | | | | | | |")
+            print(f"{where} failed | | | | | | | |")
             continue
-        print(f"{where} {row['strategy']} | {row['latency_s'] / row['roofline_s']:.3f} | "
-              f"{row['engine_dram_bytes'] / row['dram_bytes']:.3f} | {row['bound']} | {row['hotspot']} "
+        row["serial"] = row["latency_s"] / serial_bound(p, row, tmp)
+        star = "*" if row.get("stale") else ""
+        print(f"{where} {row['strategy']}{star} | {row['latency_s'] / row['roofline_s']:.3f} | {row['serial']:.3f} | "
+              f"{row['engine_dram_bytes'] / row['dram_bytes']:.3f} | {row['bound']} | {step_name(row['hotspot'])} "
               f"({row['hotspot_cycle_share']:.0%}, {row['hotspot_mac_util']:.0%}) | {skipped(row)} | "
               f"{row['engine_wall_s']:.1f} |")  # fmt: skip
         if found := misses(row):

@@ -315,7 +315,7 @@ def up_projection_bytes(model: str, precision: str | None) -> float:
     return m.kv_lora_rank * m.heads * (m.qk_nope_head_dim + m.v_head_dim) * per
 
 
-def _weight_rereads(r: pd.Series) -> str:
+def weight_rereads(r: pd.Series) -> str:
     """A fused recompute row's bytes beyond the analytic ones, when they are a whole number of extra reads of W_UK
     and W_UV (within 0.2 of one): a fused recompute core whose weights do not fit a core's SRAM reads them again for
     every matrix core or cache chunk it runs over (no on-chip level is shared by the cores)."""
@@ -340,7 +340,7 @@ def _c1_engine(r: pd.Series) -> Check:
         "C1", f"engine/analytic DRAM bytes, {short(r['scheme'])} {_at(r)}", r["engine"], ratio, ref,
         evidence=(_ev(r, "engine_dram_bytes"), _ev(r, "dram_bytes")),
         reason=lambda: f"{r['engine']} rows move {ratio:.2f}x the analytic bytes, which no reference of the spec "
-        f"explains ({_bracket(ratio, refs)})" + next((f": {why}." for why in (_weight_rereads(r), _refetch(r)) if why),
+        f"explains ({_bracket(ratio, refs)})" + next((f": {why}." for why in (weight_rereads(r), _refetch(r)) if why),
                                                      "."),
         note="" if name == "analytic" else f"matches the {name} ({ref:.2f}x)", detail=lambda: _util(r),
     )  # fmt: skip

@@ -5,7 +5,7 @@ import pytest
 from stream_mla.errors import SpecError
 from stream_mla.models import PRESETS
 from stream_mla.workloads import build, make_spec, registry
-from stream_mla.workloads.counts import count, roofline
+from stream_mla.workloads.counts import count, roofline, step_counts
 
 import closed_forms as cf
 
@@ -73,6 +73,26 @@ def test_layer_by_layer_bytes(model, scheme):
     assert a["bytes_layer_by_layer"] >= a["bytes"]["total"]
     slope = cf.layer_by_layer_slope(m, scheme, spec.group_kv_heads)
     assert b["bytes_layer_by_layer"] - a["bytes_layer_by_layer"] == 2 * slope * m.bytes_per_element
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_step_counts_bracket_the_layer(scheme, phase):
+    """The serialized-steps exchange (physics_report's serial bound): one step holding every node moves exactly
+    the graph's inputs, weights and output (the analytic bytes but the cache writes, which the graph returns folded
+    into its output); one step per node moves at most the layer-by-layer bytes (which count a tensor a node reads
+    twice, twice); the steps' MACs always sum to the layer's. An attention core as one step lies in between."""
+    if phase == "prefill" and "prefill" not in registry.get(scheme).phases:
+        pytest.skip(f"{scheme} has no prefill")
+    heads = 4 if scheme == "gqa" else None  # GQA on an MHA-shaped model needs its K/V heads
+    model = build(make_spec(model=PRESETS["deepseek-v2-lite"], scheme=scheme, phase=phase, batch=2, context=64,
+                            kv_heads=heads))  # fmt: skip
+    c = count(model)
+    one = step_counts(model, {n.name: "layer" for n in model.graph.node})
+    assert one == {"layer": (c["macs"], c["bytes"]["total"] - c["bytes"]["kv_write"])}
+    each = step_counts(model, {})
+    assert sum(m for m, _ in each.values()) == c["macs"]
+    assert c["bytes"]["total"] - c["bytes"]["kv_write"] < sum(b for _, b in each.values()) <= c["bytes_layer_by_layer"]
 
 
 # §4.1, §5.5, §7 worked numbers (V3, p = 2): rounded as printed in the spec.

@@ -130,6 +130,48 @@ def count(model: onnx.ModelProto) -> dict:
     }
 
 
+def step_counts(model: onnx.ModelProto, step_of: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """{step: (MACs, DRAM bytes)} when the graph runs as steps one after another, each step exchanging through DRAM
+    only what crosses its boundary: the graph inputs and weights its nodes read, what other steps produce for it,
+    and what it produces for other steps or as the graph output, each tensor once per step. `step_of` names each
+    node's step (a node not in it is a step of its own); a view (Reshape, Transpose) is its source tensor and
+    belongs to no step. One step holding every node moves the graph's inputs, weights and output; one step per
+    node (no views) moves the layer-by-layer bytes."""
+    g = model.graph
+    shapes = {vi.name: _dims(vi) for vi in (*g.input, *g.value_info, *g.output)}
+    shapes.update({t.name: tuple(t.dims) for t in g.initializer})
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.value_info, *g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    source: dict[str, str] = {}
+    for n in g.node:  # graph order is topological: a view's input is resolved before the view
+        if n.op_type in LAYOUT_OPS:
+            source[n.output[0]] = source.get(n.input[0], n.input[0])
+    constants = {t.name for t in g.initializer if len(t.dims) < 2}  # shapes, axes, scalars: attributes, not data
+    nbytes = {t: math.prod(shapes[t]) * tensor_dtype_to_np_dtype(types[t]).itemsize for t in shapes
+              if t not in constants}  # fmt: skip
+    steps: dict[str, dict] = {}
+    readers: dict[str, set[str]] = {}
+    for n in g.node:
+        if n.op_type in LAYOUT_OPS:
+            continue
+        step = steps.setdefault(step_of.get(n.name, n.name), {"macs": 0, "reads": set(), "writes": set()})
+        if n.op_type == "MatMul":
+            step["macs"] += math.prod(shapes[n.output[0]]) * shapes[n.input[0]][-1]
+        for t in n.input:
+            t = source.get(t, t)
+            if t in nbytes:
+                step["reads"].add(t)
+                readers.setdefault(t, set()).add(step_of.get(n.name, n.name))
+        step["writes"].update(o for o in n.output if o in nbytes)
+    out = {source.get(o.name, o.name) for o in g.output}
+    result = {}
+    for name, step in steps.items():
+        inbound = {t for t in step["reads"] if t not in step["writes"]}  # produced elsewhere, or an input
+        outbound = {t for t in step["writes"] if t in out or readers.get(t, set()) - {name}}
+        result[name] = (step["macs"], sum(nbytes[t] for t in inbound | outbound))
+    return result
+
+
 def count_file(path: str | Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
