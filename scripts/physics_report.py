@@ -28,10 +28,12 @@ import pandas as pd
 
 from stream_mla.claims import step_name, weight_rereads
 from stream_mla.engines.stream_mapping import attention_core
-from stream_mla.models import PRESETS as MODELS
+from stream_mla.errors import SpecError
+from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import PRESETS
 from stream_mla.sweeps.points import SweepPoint
 from stream_mla.sweeps.runner import run_sweep
+from stream_mla.sweeps.spec import SweepSpec
 from stream_mla.sweeps.store import ResultStore
 from stream_mla.workloads import export, registry
 from stream_mla.workloads.counts import step_counts
@@ -113,10 +115,21 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--report-only", action="store_true", help="print what the store holds; run nothing")
     args = ap.parse_args()
-    schemes = args.schemes or [s for s in registry.applicable(MODELS[args.model]) if s not in BASELINES]
+    schemes = args.schemes or [s for s in registry.applicable(resolve_name_or_path(args.model)) if s not in BASELINES]
     engine = "stream" if args.strategy == "auto" else f"stream:{args.strategy}"
-    points = [SweepPoint(model=args.model, scheme=s, context=c, batch=b, platform=p, engine=engine)
-              for p in args.platforms for s in schemes for c in args.contexts for b in args.batch]  # fmt: skip
+    block = {"models": [args.model], "schemes": schemes, "context": args.contexts, "batch": args.batch,
+             "platforms": args.platforms, "engines": [engine]}  # fmt: skip
+    spec = SweepSpec.from_dict({"sweeps": [block]}, source="grid")  # validated: one line per bad value
+    order = {
+        f: {v: i for i, v in enumerate(vals)}
+        for f, vals in (
+            ("platform", args.platforms),
+            ("scheme", schemes),
+            ("context", args.contexts),
+            ("batch", args.batch),
+        )
+    }
+    points = sorted(spec.points(), key=lambda p: tuple(order[f][getattr(p, f)] for f in order))  # table order
     if not args.report_only:
         s = run_sweep(points, args.db, workers=args.workers, timeout_s=args.timeout, progress=sys.stderr.isatty())
         print(f"{len(points)} points: {s['computed']} computed, {s['reused']} reused, {s['failed']} failed, "
@@ -173,4 +186,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SpecError as exc:  # a bad model, scheme, platform or size: one line and exit code 2, as the CLI has it
+        print(f"physics_report: {exc}", file=sys.stderr)
+        sys.exit(2)

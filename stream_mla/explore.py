@@ -620,6 +620,20 @@ def _panels(ws: list[Workload]) -> tuple[list[tuple], list[int]]:
     return rows, cols
 
 
+def _cells(ws: list[Workload], axes, df: pd.DataFrame):
+    """(panel title, last row?, first column?, axes, the panel's rows) of every panel with rows (model, batch and
+    precision down, context across); a panel without rows is switched off."""
+    rows, cols = _panels(ws)
+    for ri, (model, batch, prec) in enumerate(rows):
+        for ci, ctx in enumerate(cols):
+            ax = axes[ri, ci]
+            d = df[(df["model"] == model) & (df["batch"] == batch) & (df["precision"] == prec) & (df["context"] == ctx)]
+            if d.empty:
+                ax.set_axis_off()
+                continue
+            yield f"{short(model)} B = {batch}, L = {ctx}, {prec}", ri == len(rows) - 1, ci == 0, ax, d
+
+
 def _edges_between(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[float, float]]:
     """R intervals where two stacked M bands differ in winner or tie: the horizontal region edges between them."""
     cuts = np.unique(np.concatenate([a["r_lo"], a["r_hi"], b["r_lo"], b["r_hi"]]))
@@ -679,33 +693,19 @@ def _fig_winner_map(ex: Explore, ws: list[Workload], regions: pd.DataFrame, name
     schemes: list[str] = []
     base_r = ex.base.ridge_flop_per_byte
     base_m = ex.base.total_sram_bytes / 1e6
-    for ri, (model, batch, prec) in enumerate(rows):
-        for ci, ctx in enumerate(cols):
-            ax = axes[ri, ci]
-            d = data[(data["model"] == model) & (data["batch"] == batch) & (data["precision"] == prec)
-                     & (data["context"] == ctx)]  # fmt: skip
-            if d.empty:
-                ax.set_axis_off()
-                continue
-            schemes += [s for s in d["winner"] if s not in schemes]
-            m_lo, m_hi = d["m_lo_mb"].min(), d["m_hi_mb"].max()
-            pad = 2.0 if m_lo == m_hi else 1.0  # one on-chip size: a band of a factor 2 around it
-            _draw_bands(ax, _merged_bands(d), pad)
-            r_lo, r_hi = d["r_lo"].min(), d["r_hi"].max()
-            if r_lo <= base_r <= r_hi and m_lo <= base_m <= m_hi:
-                ax.plot(base_r, base_m, marker="*", ms=11, color="w", mec="k", mew=0.8, zorder=5)
-            _log_axes(ax)
-            ax.set(xlim=(r_lo, r_hi if r_hi > r_lo else r_lo * 2), ylim=(m_lo / pad, m_hi * pad))
-            small_multiple(
-                ax,
-                f"{short(model)} B = {batch}, L = {ctx}, {prec}",
-                "ridge R = peak / DRAM bandwidth (FLOP/B)",
-                "on-chip memory (MB)",
-                bottom=ri == len(rows) - 1,
-                left=ci == 0,
-                size=7,
-            )
-            ax.grid(False)  # the regions are the grid
+    for title, bottom, left, ax, d in _cells(ws, axes, data):
+        schemes += [s for s in d["winner"] if s not in schemes]
+        m_lo, m_hi = d["m_lo_mb"].min(), d["m_hi_mb"].max()
+        pad = 2.0 if m_lo == m_hi else 1.0  # one on-chip size: a band of a factor 2 around it
+        _draw_bands(ax, _merged_bands(d), pad)
+        r_lo, r_hi = d["r_lo"].min(), d["r_hi"].max()
+        if r_lo <= base_r <= r_hi and m_lo <= base_m <= m_hi:
+            ax.plot(base_r, base_m, marker="*", ms=11, color="w", mec="k", mew=0.8, zorder=5)
+        _log_axes(ax)
+        ax.set(xlim=(r_lo, r_hi if r_hi > r_lo else r_lo * 2), ylim=(m_lo / pad, m_hi * pad))
+        small_multiple(ax, title, "ridge R = peak / DRAM bandwidth (FLOP/B)", "on-chip memory (MB)", bottom=bottom,
+                       left=left, size=7)  # fmt: skip
+        ax.grid(False)  # the regions are the grid
     ordered_schemes = [s for s in registry.NAMES if s in schemes] + [s for s in schemes if s not in registry.NAMES]
     handles = [Patch(color=registry.color(s), label=registry.label(s)) for s in ordered_schemes]
     tie = ex.spec.tie
@@ -730,22 +730,15 @@ def _fig_pareto(ws: list[Workload], pareto: pd.DataFrame, out: Path) -> list[Pat
     rows, cols = _panels(ws)
     fig, axes = _figure(len(rows), len(cols), 4.2, 3.4)
     schemes: list[str] = []
-    for ri, (model, batch, prec) in enumerate(rows):
-        for ci, ctx in enumerate(cols):
-            ax = axes[ri, ci]
-            d = pareto[(pareto["model"] == model) & (pareto["batch"] == batch) & (pareto["precision"] == prec)
-                       & (pareto["context"] == ctx)]  # fmt: skip
-            if d.empty:
-                ax.set_axis_off()
-                continue
-            for s in [s for s in registry.NAMES if s in set(d["scheme"])]:
-                f = d[d["scheme"] == s]
-                schemes += [s] if s not in schemes else []
-                ax.step(f["latency_s"] * 1e3, f["energy_pj"] * 1e-9, where="post", color=registry.color(s), lw=1.2)
-                ax.plot(f["latency_s"] * 1e3, f["energy_pj"] * 1e-9, ".", color=registry.color(s), ms=3)
-            _log_axes(ax, subs=(1.0, 2.0, 5.0))
-            small_multiple(ax, f"{short(model)} B = {batch}, L = {ctx}, {prec}", "latency per layer-step (ms)",
-                           "energy per layer-step (mJ)", bottom=ri == len(rows) - 1, left=ci == 0, size=7)  # fmt: skip
+    for title, bottom, left, ax, d in _cells(ws, axes, pareto):
+        for s in [s for s in registry.NAMES if s in set(d["scheme"])]:
+            f = d[d["scheme"] == s]
+            schemes += [s] if s not in schemes else []
+            ax.step(f["latency_s"] * 1e3, f["energy_pj"] * 1e-9, where="post", color=registry.color(s), lw=1.2)
+            ax.plot(f["latency_s"] * 1e3, f["energy_pj"] * 1e-9, ".", color=registry.color(s), ms=3)
+        _log_axes(ax, subs=(1.0, 2.0, 5.0))
+        small_multiple(ax, title, "latency per layer-step (ms)", "energy per layer-step (mJ)", bottom=bottom,
+                       left=left, size=7)  # fmt: skip
     handles = [Line2D([], [], color=registry.color(s), marker=".", lw=1.2, label=registry.label(s)) for s in schemes]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.suptitle("explore: latency-energy Pareto front per scheme over the explored platforms (MAC + DRAM + static)",

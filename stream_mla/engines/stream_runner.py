@@ -105,7 +105,8 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
     """(estimate, its output folder): one Stream run of `onnx_path` (the graph Stream is given, see `stream_graph`).
     Stream's per-node ZigZag cost estimation goes through the persistent cost cache (`cost_cache.py`: a Stream
     core-cost backend, shared across points and processes, under $STREAM_MLA_CACHE); Stream's own per-run LUT stays
-    in each group folder under `out`. Stream's slowest pure helper runs as its faster twin (`engine_speed`)."""
+    in each group folder under `out`. Stream's and ZigZag's slowest pure helpers run as their faster twins
+    (`engine_speed`)."""
     register_stream_backend()
     engine_speed.install()
     if strategy == FUSED_ATTENTION:

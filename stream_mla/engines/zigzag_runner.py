@@ -196,7 +196,7 @@ def evaluate_zigzag(
     onnx_path: Path, platform: PlatformSpec, workdir: Path, lpf_limit: int = 5, opt: str = "EDP"
 ) -> Result:
     """Latency and energy of one exported graph on one core of `platform`, from a ZigZag search (in-process)."""
-    engine_speed.install_zigzag()  # ZigZag's slowest pure helper as its faster twin (identical results)
+    engine_speed.install_zigzag()  # ZigZag's slowest pure helpers as their faster twins (identical results)
     if opt not in REDUCE:
         raise ValueError(f"opt: {opt!r} (allowed: {', '.join(REDUCE)})")
     start = time.perf_counter()
