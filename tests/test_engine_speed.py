@@ -182,3 +182,139 @@ def test_spatial_mapping_checks_equal_zigzags_own():
         got = outcome(lambda: sm.get_performance_indicator())  # noqa: B023
         assert got == want and (want[0] == "error" or type(got[1]) is type(want[1]))
     assert answers[True] > 100 and answers[False] > 100
+
+
+def _engines_own(monkeypatch) -> None:
+    """Put back every function the twins replace (engine_speed.install), for this test only."""
+    import functools
+
+    import stream.opt.allocation.constraint_optimization.space as space
+    import stream.workload.affine_transform as transform
+    import stream.workload.workload as workload
+    from zigzag.mapping.spatial_mapping import SpatialMapping
+
+    own = engine_speed._installed
+    monkeypatch.setattr(utils, "affine_coefficients", own["original"])
+    monkeypatch.setattr(workload, "affine_coefficients", own["original"])
+    monkeypatch.setattr(transform.AffineTransform, "from_affine_map", own["from_affine_map"])
+    monkeypatch.setattr(plugins, "_distribution_of", own["distribution_of"])
+    monkeypatch.setattr(space.DecisionSpace, "moved_bits", own["moved_bits"])
+    solve = functools.cached_property(own["unique_dimensions"])
+    solve.__set_name__(workload.Workload, "_unique_dimensions")
+    monkeypatch.setattr(workload.Workload, "_unique_dimensions", solve)
+    monkeypatch.setattr(SpatialMapping, "copy", own["spatial_mapping_copy"])
+    monkeypatch.setattr(SpatialMapping, "is_valid", own["is_valid"])
+    monkeypatch.setattr(SpatialMapping, "get_performance_indicator", own["indicator"])
+    monkeypatch.setattr(engine_speed, "install", lambda: None)
+    monkeypatch.setattr(engine_speed, "install_zigzag", lambda: None)
+
+
+def test_stream_gives_the_same_numbers_with_and_without_the_twins(tmp_path, monkeypatch):
+    """A real Stream search (V2-Lite absorb decode, split-KV, on h100-like's 8 matrix cores: routes, multicasts and
+    a fused group; no cost cache, so ZigZag runs too) with every twin and with the engines' own functions: every
+    number equal. And on every decision space Stream built, the twin's moved bits equal Stream's for every transfer,
+    route, source and target."""
+    import dataclasses
+
+    import stream.opt.allocation.constraint_optimization.space as space
+
+    from stream_mla.engines import Hardware
+    from stream_mla.engines.stream_runner import FUSED_ATTENTION, evaluate_stream
+    from stream_mla.models import PRESETS as MODELS
+    from stream_mla.platforms import PRESETS
+    from stream_mla.workloads import export, make_spec
+
+    monkeypatch.setenv("STREAM_MLA_CACHE", "off")
+    spec = make_spec(model=MODELS["deepseek-v2-lite"], scheme="mla-absorb", context=512, kv_chunks=8)
+    path = export(spec, tmp_path / "g.onnx")
+    hw = Hardware.from_platform(PRESETS["h100-like"])
+    strategies = (FUSED_ATTENTION, "keep-softmax")
+    (tmp_path / "twin").mkdir()
+    (tmp_path / "own").mkdir()
+    engine_speed.install()
+    spaces, built = [], space.DecisionSpace.__init__
+
+    def keep(self, problem):
+        built(self, problem)
+        spaces.append(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(space.DecisionSpace, "__init__", keep)
+        twin = evaluate_stream(path, hw, tmp_path / "twin", strategies=strategies)
+    assert spaces
+    checked = 0
+    for s in spaces:
+        for tr in s.transfer_nodes:
+            for choice in s.path_choices.get(tr, ()):
+                for side in [{}, *({"source": c} for c in choice.sources), *({"target": c} for c in choice.targets)]:
+                    assert engine_speed.moved_bits(s, tr, choice, **side) == engine_speed._installed["moved_bits"](
+                        s, tr, choice, **side
+                    )
+                    checked += 1
+    assert checked > 100
+    _engines_own(monkeypatch)
+    own = evaluate_stream(path, hw, tmp_path / "own", strategies=strategies)
+
+    def numbers(r):
+        return {k: v for k, v in dataclasses.asdict(r).items() if k != "engine_wall_s"} | {
+            "strategies": {k: {f: x for f, x in v.items() if f != "wall_s"} for k, v in r.strategies.items()}
+        }
+
+    assert twin.strategies[FUSED_ATTENTION]["status"] == "ok"
+    assert numbers(twin) == numbers(own)
+
+
+def test_moved_bits_equals_streams_own_on_overlaps_and_sliding_halos():
+    """The branches the attention graphs never take (windows overlapping neighbouring tiles, a sliding loop keeping
+    a halo resident), on a stand-in space that answers what moved_bits asks: the twin's bits equal Stream's, and
+    the stand-in tiles each transfer once however often it is asked."""
+    from types import SimpleNamespace
+
+    import stream.opt.allocation.constraint_optimization.space as space
+
+    own = engine_speed._installed.get("moved_bits", space.DecisionSpace.moved_bits)
+
+    class Tensor:  # hashable, as Stream's tensors are
+        def __init__(self, bits, shape, operand_type=None):
+            self.bits, self.shape, self.operand_type = bits, shape, operand_type
+
+        def size_bits(self):
+            return self.bits
+
+    class Space:
+        def __init__(self, overlaps, halo):
+            self._overlaps, self._halo, self.tiled = overlaps, halo, 0
+            self.mapping, self.ssis = object(), {}
+            self.hardware = SimpleNamespace(shares_memory=lambda a, b: (a, b) == ("c0", "c2"))
+            self.workload = SimpleNamespace(
+                sliding_halo=lambda *a: self._halo, get_tensor_of_transfer_to_single_core=self.tile
+            )
+
+        def overlaps(self, tr):
+            return self._overlaps
+
+        def tile(self, *args, **kw):
+            self.tiled += 1
+            return Tensor(bits=3 * 7 * 16, shape=(3, 7))
+
+    src = Tensor(bits=12 * 7 * 16, shape=(12, 7), operand_type=SimpleNamespace(bitwidth=16))
+
+    class Transfer:  # hashable, as Stream's transfer nodes are
+        inputs, outputs = [src], [Tensor(bits=0, shape=(12, 7))]
+
+    tr = Transfer()
+    choice = SimpleNamespace(sources=["c0", "c1"], targets=["c2", "c3", "c4"])
+    sides = [
+        {},
+        {"source": "c0"},
+        {"source": "c1"},
+        {"target": "c2"},
+        {"target": "c4"},
+        {"source": "c1", "target": "c3"},
+    ]
+    cases = [({}, (0, 2)), ({}, None), ({(0, 0): 5, (0, 1): 9, (1, 2): 4}, None), ({(1, 1): 3}, (0, 1))]
+    for overlaps, halo in cases:
+        twin, stream = Space(overlaps, halo), Space(overlaps, halo)
+        got = [engine_speed.moved_bits(twin, tr, choice, **side) for side in sides]
+        assert got == [own(stream, tr, choice, **side) for side in sides], (overlaps, halo)
+        assert twin.tiled == (0 if overlaps else 1) and stream.tiled >= twin.tiled

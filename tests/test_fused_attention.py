@@ -221,23 +221,29 @@ def test_prefill_runs_on_stream_with_fused_attention(edge, tmp_path):
 
 def test_the_search_skips_only_what_cannot_win(edge):
     """A strategy is left out only when it cannot beat the best result so far by more than 1 %: the roofline bounds
-    every strategy, and a cut after every layer moves at least (0.99 of) the layer-by-layer bytes through DRAM."""
+    every strategy, and a cut after every layer runs the layers in turn, each at best at the platform's peak or
+    moving 0.99 of its inputs and outputs through DRAM, whichever is slower."""
     from dataclasses import replace
 
     from stream_mla.engines.result import Result
-    from stream_mla.engines.stream_runner import search_skips
+    from stream_mla.engines.stream_runner import per_layer_floor, search_skips
 
-    bits = edge.dram_bits_per_cycle
-    counts = {"bytes_layer_by_layer": 4_000_000}  # 32e6 bits: the per-layer floor is 0.99 x 32e6 / bits cycles
-    floor = 0.99 * 32e6 / bits
+    bits, peak = edge.dram_bits_per_cycle, edge.peak_macs_per_cycle
+    # a compute-bound layer (1,000 cycles at peak, 800 bits), a memory-bound one (32e6 bits), one of each kind
+    nodes = [{"macs": 1000 * peak, "io_bytes": 100}, {"macs": 0, "io_bytes": 4_000_000},
+             {"macs": 10 * peak, "io_bytes": 500_000}]  # fmt: skip
+    counts = {"bytes_layer_by_layer": 4_500_100, "nodes": nodes}
+    floor = 1000 + 0.99 * 32e6 / bits + max(10, 0.99 * 4e6 / bits)
+    assert per_layer_floor(edge, counts) == pytest.approx(floor, rel=1e-12)
+    assert floor > 0.99 * 4_500_100 * 8 / bits  # above the bytes alone: the compute-bound layer adds its cycles
     best = Result(engine="stream", engine_version="", platform="edge-npu", workload="w", clock_ghz=edge.clock_ghz,
-                  latency_cycles=floor * 0.9, energy_breakdown_pj={}, macs=0, dram_bytes=1, engine_dram_bytes=1.0,
+                  latency_cycles=floor * 0.999, energy_breakdown_pj={}, macs=0, dram_bytes=1, engine_dram_bytes=1.0,
                   roofline_bound_s=floor * 0.5 / (edge.clock_ghz * 1e9), bound="memory", strategy=FUSED_ATTENTION,
                   engine_wall_s=0.0)  # fmt: skip
     assert search_skips("keep-softmax", edge, [], counts) == ""  # nothing to compare with yet: it runs
-    assert "below what a cut after every layer moves" in search_skips("keep-softmax", edge, [best], counts)
-    assert "below what a cut after every layer moves" in search_skips("fixed-mapping", edge, [best], counts)
-    slower = replace(best, latency_cycles=floor * 1.01)  # above the floor (and 2x the roofline): they may win
+    assert "below what a cut after every layer costs at best" in search_skips("keep-softmax", edge, [best], counts)
+    assert "below what a cut after every layer costs at best" in search_skips("fixed-mapping", edge, [best], counts)
+    slower = replace(best, latency_cycles=floor * 1.001)  # above the floor (and 2x the roofline): they may win
     assert search_skips("keep-softmax", edge, [slower], counts) == ""
     assert search_skips(FUSED_ATTENTION, edge, [replace(best, strategy="keep-softmax")], counts) == ""
     near = replace(slower, roofline_bound_s=slower.latency_s / 1.009)  # within 1 % of the roofline: none can gain
@@ -248,11 +254,14 @@ def test_the_search_skips_only_what_cannot_win(edge):
     assert search_skips(DEFAULT_FUSION, edge, [], counts) == ""  # edge-npu: one matrix core
 
 
-def test_per_layer_strategies_move_at_least_the_layer_by_layer_bytes(searched):
-    """The floor the search relies on, measured: keep-softmax and the fixed mapping cut after every layer and move
-    at least 0.99 of the layer-by-layer bytes (the graph's count: every node's inputs and outputs)."""
+def test_per_layer_strategies_move_at_least_the_layer_by_layer_bytes(searched, edge):
+    """The floor the search relies on, measured: keep-softmax and the fixed mapping cut after every layer, move
+    at least 0.99 of the layer-by-layer bytes (the graph's count: every node's inputs and outputs) and take at least
+    the per-layer floor (the layers in turn, each at peak or moving 0.99 of its inputs and outputs)."""
+    from stream_mla.engines.stream_runner import per_layer_floor
     from stream_mla.workloads.counts import count
 
-    lbl = count(build(lite("mla-absorb", context=256, kv_chunks=4)))["bytes_layer_by_layer"]
+    counts = count(build(lite("mla-absorb", context=256, kv_chunks=4)))
     for name in ("keep-softmax", "fixed-mapping"):
-        assert searched.strategies[name]["engine_dram_bytes"] >= 0.99 * lbl, name
+        assert searched.strategies[name]["engine_dram_bytes"] >= 0.99 * counts["bytes_layer_by_layer"], name
+        assert searched.strategies[name]["latency_cycles"] >= per_layer_floor(edge, counts), name

@@ -27,15 +27,31 @@ recomputing every layer dim's total unrolling from a flattened list per dim (6.4
 `spatial_mapping_is_valid` and `spatial_mapping_indicator` make the totals in one pass, multiplying in ZigZag's own
 order (so float unrollings round alike), and keep its checks and assertions.
 
+Stream's allocation model asks its `DecisionSpace.moved_bits(tr, choice, source, target)` the bits a transfer
+moves for every route, source and target (4,056 calls on V3 absorb L = 4k on h100-like, warm cost cache), and each
+call tiles the transfer's tensor anew through xDSL (`get_tensor_of_transfer_to_single_core`, 11 % of that run),
+though the tile depends only on the transfer and the space's mapping and steady state, which a space keeps
+("read-only once built"; it already keeps each transfer's overlaps). `moved_bits` below is Stream's body with the
+transfer's sliding halo and tile worked out once per space and transfer.
+
+Every Stream `Workload` (the whole graph, each fused group's sub-workload, each tiling trial's) solves its
+dimension relations for the independent dimensions once (`_unique_dimensions`: a sympy RREF and `simplify` of
+every result), 232 times in that run for 23 distinct relation sets (1 of its 10 s). The solve reads only the
+number of dims, of remainders and the relations, so `unique_dimensions` below keeps each set's answer (immutable
+tuples of xDSL expressions) for the process, keyed by exactly those.
+
 The engines offer no extension point for these, so `install()` replaces each function where Stream looks it up (its
 module, and a module that imported it by name); idempotent.
 """
 
 import copy
+import functools
 
 from xdsl.ir.affine import AffineBinaryOpExpr, AffineBinaryOpKind, AffineConstantExpr, AffineDimExpr, AffineExpr
 
 _installed: dict[str, object] = {}
+_solved: dict[tuple, tuple] = {}  # (dims, remainders, relations) -> Stream's unique dimensions of a workload
+MAX_SOLVED = 4096  # a long process holds at most this many solves
 _names: dict[int, tuple[object, str]] = {}  # id(entry point) -> (the entry point, kept alive; its distribution)
 
 
@@ -160,6 +176,45 @@ def distribution_of(ep) -> str:
     return got[1]
 
 
+def moved_bits(self, tr, choice, source=None, target=None) -> float:
+    """Stream's `DecisionSpace.moved_bits` (stream 2.1.1), each transfer's halo and tile computed once per space."""
+    tensor, out = tr.inputs[0], tr.outputs[0]
+    if overlaps := self.overlaps(tr):
+        moved = sum(
+            n
+            for (i, j), n in overlaps.items()
+            if not self.hardware.shares_memory(a := choice.sources[i], b := choice.targets[j])
+            and source in (None, a)
+            and target in (None, b)
+        )
+        return moved * tensor.operand_type.bitwidth
+    sources = len(choice.sources) if source is not None else 1
+    memo = self.__dict__.setdefault("_stream_mla_tiles", {})  # transfer -> [sliding halo, tile or None]
+    if (known := memo.get(tr)) is None:
+        known = memo[tr] = [self.workload.sliding_halo(out, tr, self.mapping, self.ssis.get(out)), None]
+    sliding = known[0]
+    if not sliding and target is None:
+        return tensor.size_bits() / sources
+    if known[1] is None:
+        known[1] = self.workload.get_tensor_of_transfer_to_single_core(out, tr, self.mapping, ssis=self.ssis.get(out))
+    tile = known[1]
+    if target is not None:
+        return tile.size_bits()
+    return (
+        tensor.size_bits() * min(tile.shape[sliding[0]], tensor.shape[sliding[0]]) // tensor.shape[sliding[0]] / sources
+    )
+
+
+def unique_dimensions(self):
+    """Stream's `Workload._unique_dimensions`, solved once per distinct (dims, remainders, relations)."""
+    key = (self.num_dims, len(self._remainders), tuple(self.dimension_relations()))
+    if (found := _solved.get(key)) is None:
+        if len(_solved) >= MAX_SOLVED:
+            _solved.clear()
+        found = _solved[key] = _installed["unique_dimensions"](self)
+    return found
+
+
 def install_zigzag() -> None:
     """Make ZigZag use its twin in this process (what a ZigZag run needs; no Stream import)."""
     from zigzag.mapping.spatial_mapping import SpatialMapping
@@ -178,6 +233,7 @@ def install() -> None:
     install_zigzag()
     if "original" in _installed:
         return
+    import stream.opt.allocation.constraint_optimization.space as space
     import stream.plugins as plugins
     import stream.workload.affine_transform as transform
     import stream.workload.utils as utils
@@ -190,3 +246,9 @@ def install() -> None:
     transform.AffineTransform.from_affine_map = classmethod(from_affine_map)
     _installed["distribution_of"] = plugins._distribution_of
     plugins._distribution_of = distribution_of  # load_group looks it up here
+    _installed["moved_bits"] = space.DecisionSpace.moved_bits
+    space.DecisionSpace.moved_bits = moved_bits
+    _installed["unique_dimensions"] = workload.Workload.__dict__["_unique_dimensions"].func
+    solved = functools.cached_property(unique_dimensions)
+    solved.__set_name__(workload.Workload, "_unique_dimensions")
+    workload.Workload._unique_dimensions = solved

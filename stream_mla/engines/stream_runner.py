@@ -67,9 +67,11 @@ FUSED_RETRIES = (0, 2)  # extra tile halvings of the fused group: as estimated, 
 EXPENSIVE_MAX_CORES = 1
 SKIP_WITHIN = 1.05
 # Any later strategy is skipped once the best valid result is within NEAR_ROOFLINE of the roofline (no strategy can
-# be more than 1 % faster), and a per-layer one once the best beats its floor: a cut after every layer sends each
-# layer's inputs and outputs through DRAM, the layer-by-layer bytes (measured: 0.9996-2.2x them on every searched
-# point of the default reproduction; the floor takes PER_LAYER_FLOOR of them)
+# be more than 1 % faster), and a per-layer one once the best beats its floor (`per_layer_floor`): a cut after every
+# layer runs the layers one after another (engines.md trap 9), each sending its inputs and outputs through DRAM
+# (measured: 0.9996-2.2x the layer-by-layer bytes on every searched point of the default reproduction; the floor
+# takes PER_LAYER_FLOOR of them) and none faster than the platform's peak MAC/s (measured: every one of the 425
+# per-layer results of the stop-15 reproduction and acceptance grid takes 1.0013x the floor or more)
 NEAR_ROOFLINE = 1.01
 PER_LAYER = ("keep-softmax", "per-layer", "fixed-mapping")
 PER_LAYER_FLOOR = 0.99
@@ -257,7 +259,7 @@ def strategy_record(result: Result | None, status: str, wall: float, note: str =
 
 def search_skips(strategy: str, hw: Hardware, valid: list[Result], counts: dict) -> str:
     """Why a search leaves `strategy` out (empty: it runs): it cannot beat the best valid result so far by more than
-    1 % (the roofline bounds every strategy; the layer-by-layer bytes bound the per-layer ones), or it is
+    1 % (the roofline bounds every strategy; `per_layer_floor` the per-layer ones), or it is
     default-fusion on many cores or after a valid result (the fallback)."""
     if strategy == DEFAULT_FUSION:
         cores = len(cores_for("MatMul", compute_cores(hw.stream)))
@@ -273,13 +275,22 @@ def search_skips(strategy: str, hw: Hardware, valid: list[Result], counts: dict)
         return (f"{best.strategy} gave a valid result (default fusion is the fallback: on the 17 points of the "
                 "default reproduction where it ran beside the others it was never faster than their best, 1.000-2.03x, "
                 "and took 9-102 s; ask for it by name)")  # fmt: skip
-    floor = PER_LAYER_FLOOR * counts["bytes_layer_by_layer"] * 8 / hw.dram_bits_per_cycle
-    if strategy in PER_LAYER and best.latency_cycles <= floor:
+    if strategy in PER_LAYER and best.latency_cycles <= (floor := per_layer_floor(hw, counts)):
         return (
-            f"{best.strategy} takes {best.latency_cycles:,.0f} cycles, below what a cut after every layer moves "
-            f"through DRAM alone ({floor:,.0f} cycles for {PER_LAYER_FLOOR:g} x the layer-by-layer bytes)"
+            f"{best.strategy} takes {best.latency_cycles:,.0f} cycles, below what a cut after every layer costs at "
+            f"best ({floor:,.0f} cycles: the layers in turn, each at the platform's peak MAC/s or moving "
+            f"{PER_LAYER_FLOOR:g} x its inputs and outputs through DRAM, whichever is slower)"
         )
     return ""
+
+
+def per_layer_floor(hw: Hardware, counts: dict) -> float:
+    """Cycles no strategy with a cut after every layer can beat: the layers one after another, each taking its MACs
+    at the platform's peak or PER_LAYER_FLOOR of its inputs and outputs (`io_bytes`) through DRAM, whichever is
+    longer. At least PER_LAYER_FLOOR x the layer-by-layer bytes, the floor's memory part alone."""
+    bits = hw.dram_bits_per_cycle
+    return sum(max(n["macs"] / hw.peak_macs_per_cycle, PER_LAYER_FLOOR * n["io_bytes"] * 8 / bits)
+               for n in counts["nodes"])  # fmt: skip
 
 
 def evaluate_stream(
