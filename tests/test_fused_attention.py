@@ -219,6 +219,25 @@ def test_prefill_runs_on_stream_with_fused_attention(edge, tmp_path):
     assert res.latency_s >= res.roofline_bound_s
 
 
+def test_prefill_core_keeps_each_heads_k_and_v_while_its_query_rows_run(tmp_path):
+    """Prefill with per-head K and V (MHA, V2-Lite S = 1024, on h100-like's 8 matrix cores): the fused core splits
+    the heads over the cores (each core reads only its heads' K and V) and tiles the query rows innermost, so a
+    head's K and V stay on-chip while its query tiles run; the group reads Q, K and V and writes the context once.
+    Closed form: 4 tensors of h x S x d = 16 x 1024 x 128 bf16 = 16,777,216 bytes (the earlier mapping, query rows
+    outermost, moved 1,083 MB: 64.6x)."""
+    path = export(lite("mha", phase="prefill", context=1024), tmp_path / "g.onnx")
+    hw = Hardware.from_platform(PRESETS["h100-like"])
+    mapping = fused_attention_mapping(path, hw.stream, 2)
+    (attn,) = [g for g in mapping["fused_groups"] if g["name"] == "attention"]
+    scores = {e["name"]: e for e in mapping["layers"]}["scores"]
+    assert scores["inter_core_tiling"] == [[{"dim": "D1", "split": 8}]]  # scores: (B, heads, query rows, keys)
+    assert attn["intra_core_tiling"][0]["dim"] == "scores.D2"  # the query rows, innermost
+    r = evaluate_stream(path, hw, tmp_path, strategies=(FUSED_ATTENTION,))
+    (core,) = [n for n in r.nodes if n.name == "scores+probs+ctx"]
+    assert 16_777_216 <= core.dram_bytes <= 1.01 * 16_777_216
+    assert r.latency_s >= r.roofline_bound_s and not r.warnings
+
+
 def test_the_search_skips_only_what_cannot_win(edge):
     """A strategy is left out only when it cannot beat the best result so far by more than 1 %: the roofline bounds
     every strategy, and a cut after every layer runs the layers in turn, each at best at the platform's peak or
@@ -265,3 +284,26 @@ def test_per_layer_strategies_move_at_least_the_layer_by_layer_bytes(searched, e
     for name in ("keep-softmax", "fixed-mapping"):
         assert searched.strategies[name]["engine_dram_bytes"] >= 0.99 * counts["bytes_layer_by_layer"], name
         assert searched.strategies[name]["latency_cycles"] >= per_layer_floor(edge, counts), name
+
+
+def test_fixed_mapping_retries_with_tiles_for_the_smallest_memory(tmp_path):
+    """V3 MHA prefill S = 1024 on cloud-fusemax (a 32 MB matrix core, a 4 MB vector core): with every layer's tiles
+    sized for its own core Stream finds no allocation (structural: no memory over its budget); the fixed mapping's
+    retry sizes them for the smallest core's memory, and the strategy gives a valid result at or above the
+    roofline."""
+    from stream.api import SolveOptions, evaluate_mapping
+    from stream.ir.infeasibility import InfeasibleAllocationError
+
+    from stream_mla.engines.stream_mapping import write_fixed_mapping
+    from stream_mla.sweeps.points import SweepPoint
+
+    p = SweepPoint(model="deepseek-v3", scheme="mha", phase="prefill", context=1024, platform="cloud-fusemax")
+    path = export(p.workload(), tmp_path / "g.onnx")
+    hw = Hardware.from_platform(p.platform_spec())
+    given = stream_graph(path, tmp_path)
+    own = write_fixed_mapping(given, hw.stream, 2, tmp_path / "own.yaml")
+    with pytest.raises(InfeasibleAllocationError):
+        evaluate_mapping(str(hw.stream_yaml(tmp_path)), str(given), str(tmp_path / "own"), mapping=str(own),
+                         options=SolveOptions(artifacts=False))  # fmt: skip
+    r = evaluate_stream(path, hw, tmp_path, strategies=("fixed-mapping",))
+    assert r.strategy == "fixed-mapping" and r.latency_s >= r.roofline_bound_s and not r.warnings

@@ -89,8 +89,10 @@ def _halve(n: int) -> int:
     return n // next(p for p in range(2, n + 1) if n % p == 0)
 
 
-def layer_mapping(node: HasIterationSpace, cores: list[Core], bytes_per_element: int) -> tuple[dict, list[dict]]:
-    """(the layer entry, its group's intra-core tiles)."""
+def layer_mapping(node: HasIterationSpace, cores: list[Core], bytes_per_element: int,
+                  smallest: bool = False) -> tuple[dict, list[dict]]:  # fmt: skip
+    """(the layer entry, its group's intra-core tiles): tiles that fit half the memory of the cores the layer runs on
+    (smallest: of the smallest compute core, see `fixed_mapping`)."""
     op = node.type
     on = cores_for(op, cores)
     if not on:
@@ -110,7 +112,7 @@ def layer_mapping(node: HasIterationSpace, cores: list[Core], bytes_per_element:
         layer["inter_core_tiling"] = [[{"dim": f"D{split_dim}", "split": len(on)}]]
         tile[split_dim] //= len(on)
     per_core = dict(tile)  # tile is per core: tile x split divides the dim
-    budget = min(c.memory_bytes for c in on) // 2
+    budget = min(c.memory_bytes for c in (cores if smallest else on)) // 2
     while (need := footprint(node, tile, bytes_per_element)) > budget:
         candidates = [d for d in sizes if d not in reduced and tile[d] > 1]
         if not candidates:
@@ -125,22 +127,27 @@ def layer_mapping(node: HasIterationSpace, cores: list[Core], bytes_per_element:
     return layer, tiles
 
 
-def fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int) -> dict:
-    """The mapping YAML document: one group per layer, in Stream's dataflow order."""
+def fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, smallest: bool = False) -> dict:
+    """The mapping YAML document: one group per layer, in Stream's dataflow order. smallest: every layer's tiles fit
+    half the memory of the smallest compute core, not only of its own cores (a retry: Stream 2.1.1 finds no
+    allocation for V3 prefill S = 1024 on cloud-fusemax with q_proj's or o_proj's tiles sized for its 32 MB matrix
+    core, structurally, no memory over its budget; sized for its 4 MB vector core it does)."""
     wl = load_workload(str(onnx_path))
     cores = compute_cores(stream_hw)
     layers, groups = [], []
     for node in wl.dataflow_sort():
         if not isinstance(node, HasIterationSpace):
             continue
-        layer, tiles = layer_mapping(node, cores, bytes_per_element)
+        layer, tiles = layer_mapping(node, cores, bytes_per_element, smallest)
         layers.append(layer)
         groups.append({"name": node.name, "layers": [node.name], "intra_core_tiling": tiles})
     return {"layers": layers, "fused_groups": groups}
 
 
-def write_fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(fixed_mapping(onnx_path, stream_hw, bytes_per_element), sort_keys=False))
+def write_fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, path: Path,
+                        smallest: bool = False) -> Path:  # fmt: skip
+    doc = fixed_mapping(onnx_path, stream_hw, bytes_per_element, smallest)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
@@ -262,11 +269,11 @@ def _group_footprint(wl, nodes, extent: dict, split: dict, bytes_per_element: in
 
 
 def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int,
-                            extra_halvings: int = 0) -> dict:  # fmt: skip
-    """The fixed mapping with the attention core as one fused group (and a split-KV combine as another).
-    extra_halvings: halve the tile that many more times than the footprint estimate needs (a retry after Stream
-    found the estimated tile too big)."""
-    mapping = fixed_mapping(onnx_path, stream_hw, bytes_per_element)
+                            extra_halvings: int = 0, smallest: bool = False) -> dict:  # fmt: skip
+    """The fixed mapping (smallest: see `fixed_mapping`) with the attention core as one fused group (and a split-KV
+    combine as another). extra_halvings: halve the tile that many more times than the footprint estimate needs (a
+    retry after Stream found the estimated tile too big)."""
+    mapping = fixed_mapping(onnx_path, stream_hw, bytes_per_element, smallest)
     core, combine = attention_core(onnx_path)
     wl = load_workload(str(onnx_path))
     by_name = {n.name: n for n in wl.dataflow_sort() if isinstance(n, HasIterationSpace)}
@@ -291,10 +298,17 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
     # others (query rows sharing a K/V head, e.g. all h heads of the MLA latent) reads the same cache chunk again
     per_cache = {d for n in on_matrix for t, dims in zip(n.tensors, _operand_dims(wl, n), strict=True)
                  if t.name in caches for d in dims}  # fmt: skip
-    # split over the matrix cores: along the chunks, else along the largest parallel dim that divides
+    if not per_cache:  # prefill: K and V come from the layer's projections; the operands the query rows share (not
+        # indexed by every parallel dim) play the cache's part
+        produced = {t.name for n in members for t in n.outputs}
+        per_cache = {d for n in on_matrix for t, dims in zip(n.tensors, _operand_dims(wl, n), strict=True)
+                     if t.name not in produced and not set(parallel) <= set(dims) for d in dims}  # fmt: skip
+    # split over the matrix cores: along the chunks, else along the largest parallel dim that divides, one that
+    # indexes the cache (or prefill's K and V) first, so each core reads only its own part of it
     split_dim = chunk if chunk is not None and sizes[chunk] % len(matrix) == 0 else None
     if split_dim is None and len(matrix) > 1:
-        split_dim = max((d for d in heads if sizes[d] % len(matrix) == 0), key=sizes.get, default=None)
+        split_dim = max((d for d in heads if sizes[d] % len(matrix) == 0), key=lambda d: (d in per_cache, sizes[d]),
+                        default=None)  # fmt: skip
         if split_dim is None:
             raise MappingError(f"fused-attention: no attention dim of {sizes.values()} divides over {len(matrix)} "
                                "matrix cores")  # fmt: skip
@@ -374,7 +388,7 @@ def _merged_groups(groups: list[dict], merged: list[tuple[str, list[str], list[d
 
 
 def write_fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, path: Path,
-                                  extra_halvings: int = 0) -> Path:  # fmt: skip
-    doc = fused_attention_mapping(onnx_path, stream_hw, bytes_per_element, extra_halvings)
+                                  extra_halvings: int = 0, smallest: bool = False) -> Path:  # fmt: skip
+    doc = fused_attention_mapping(onnx_path, stream_hw, bytes_per_element, extra_halvings, smallest)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -59,7 +59,10 @@ from stream_mla.workloads.counts import count_file, metadata
 SOFTMAX_PARTS = ("_max", "_exp", "_sum", "_div")
 DEFAULT_FUSION = "default-fusion"  # Stream's generic mapper with no cut points
 FUSED_ATTENTION = "fused-attention"
-FUSED_RETRIES = (0, 2)  # extra tile halvings of the fused group: as estimated, then smaller if Stream finds no fit
+# Fused attention's tries until Stream finds an allocation: (extra tile halvings of the fused group, the fixed part's
+# tiles sized for the smallest compute core's memory, see stream_mapping.fixed_mapping); the fixed mapping's tries
+FUSED_RETRIES = ((0, False), (2, False), (0, True))
+FIXED_RETRIES = (False, True)
 # A search runs default-fusion (measured 150 s for V3 absorb L = 4k on h100-like's 8 cores, against 10-30 s for the
 # others) only on platforms of at most this many matrix cores, and only as the fallback: when no strategy before it
 # gave a valid result (measured: never faster than the others' best where it ran beside them; a near-roofline best,
@@ -111,22 +114,22 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
     (`engine_speed`)."""
     register_stream_backend()
     engine_speed.install()
-    if strategy == FUSED_ATTENTION:
+    if strategy in (FUSED_ATTENTION, "fixed-mapping"):
         out.mkdir(parents=True, exist_ok=True)
-        for extra in FUSED_RETRIES:
-            mapping = write_fused_attention_mapping(onnx_path, hw.stream, bytes_per_element,
-                                                    out / f"fused-attention-{extra}.yaml", extra)  # fmt: skip
+        tries = FUSED_RETRIES if strategy == FUSED_ATTENTION else [(0, small) for small in FIXED_RETRIES]
+        for i, (extra, smallest) in enumerate(tries):
+            name = f"{strategy}-{extra}{'-smallest' if smallest else ''}"
+            if strategy == FUSED_ATTENTION:
+                mapping = write_fused_attention_mapping(onnx_path, hw.stream, bytes_per_element, out / f"{name}.yaml",
+                                                        extra, smallest)  # fmt: skip
+            else:
+                mapping = write_fixed_mapping(onnx_path, hw.stream, bytes_per_element, out / f"{name}.yaml", smallest)
             try:
-                return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out / f"try-{extra}"), mapping=str(mapping),
-                                        options=SolveOptions(artifacts=False)), out / f"try-{extra}"  # fmt: skip
+                return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out / name), mapping=str(mapping),
+                                        options=SolveOptions(artifacts=False)), out / name  # fmt: skip
             except InfeasibleAllocationError:
-                if extra == FUSED_RETRIES[-1]:
+                if i == len(tries) - 1:
                     raise
-    if strategy == "fixed-mapping":
-        out.mkdir(parents=True, exist_ok=True)
-        mapping = write_fixed_mapping(onnx_path, hw.stream, bytes_per_element, out / "fixed-mapping.yaml")
-        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), mapping=str(mapping),
-                                options=SolveOptions(artifacts=False)), out  # fmt: skip
     if strategy == DEFAULT_FUSION:
         return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=SolveOptions(artifacts=False)), out
     cuts = keep_softmax_cuts(onnx_path) if strategy == "keep-softmax" else "per-layer"
