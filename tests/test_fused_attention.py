@@ -307,3 +307,36 @@ def test_fixed_mapping_retries_with_tiles_for_the_smallest_memory(tmp_path):
                          options=SolveOptions(artifacts=False))  # fmt: skip
     r = evaluate_stream(path, hw, tmp_path, strategies=("fixed-mapping",))
     assert r.strategy == "fixed-mapping" and r.latency_s >= r.roofline_bound_s and not r.warnings
+
+
+def test_mapping_tries_go_on_past_a_retry_that_cannot_be_made(tmp_path, monkeypatch, edge):
+    """The runner's retry order (not an engine number): Stream refuses the first fused mapping, the second (two
+    more halvings) cannot be made (no tile left to halve), the third (tiles for the smallest memory) is still run;
+    when every try fails, Stream's first refusal is what the strategy reports, not the retry's own failure."""
+    from pathlib import Path
+
+    from stream.ir.infeasibility import InfeasibleAllocationError
+    from stream.opt.allocation.constraint_optimization.diagnosis import structural_infeasibility
+
+    from stream_mla.engines import stream_runner
+    from stream_mla.engines.stream_mapping import MappingError
+
+    made, ran = [], []
+
+    def write(onnx_path, stream_hw, bpe, path, extra, smallest):
+        made.append((extra, smallest))
+        if extra == 2:
+            raise MappingError("fused-attention: the attention core's smallest tile does not fit")
+        path.write_text("{}")
+        return path
+
+    def refuse(hw_yaml, onnx_path, out, mapping, options):
+        ran.append(mapping)
+        raise InfeasibleAllocationError(structural_infeasibility(f"refused {Path(mapping).stem}"))
+
+    monkeypatch.setattr(stream_runner, "write_fused_attention_mapping", write)
+    monkeypatch.setattr(stream_runner, "evaluate_mapping", refuse)
+    with pytest.raises(InfeasibleAllocationError, match=r"refused fused-attention-0\."):
+        stream_runner.run_strategy(edge, tmp_path / "hw.yaml", tmp_path / "g.onnx", tmp_path, FUSED_ATTENTION, 2)
+    assert made == [(0, False), (2, False), (0, True)]
+    assert [Path(m).stem for m in ran] == ["fused-attention-0", "fused-attention-0-smallest"]

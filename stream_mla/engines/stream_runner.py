@@ -117,19 +117,25 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
     if strategy in (FUSED_ATTENTION, "fixed-mapping"):
         out.mkdir(parents=True, exist_ok=True)
         tries = FUSED_RETRIES if strategy == FUSED_ATTENTION else [(0, small) for small in FIXED_RETRIES]
-        for i, (extra, smallest) in enumerate(tries):
+        failure: Exception | None = None  # Stream's first refusal names the layer; a retry's own failure does not
+        for extra, smallest in tries:
             name = f"{strategy}-{extra}{'-smallest' if smallest else ''}"
-            if strategy == FUSED_ATTENTION:
-                mapping = write_fused_attention_mapping(onnx_path, hw.stream, bytes_per_element, out / f"{name}.yaml",
-                                                        extra, smallest)  # fmt: skip
-            else:
-                mapping = write_fixed_mapping(onnx_path, hw.stream, bytes_per_element, out / f"{name}.yaml", smallest)
+            try:
+                if strategy == FUSED_ATTENTION:
+                    mapping = write_fused_attention_mapping(onnx_path, hw.stream, bytes_per_element,
+                                                            out / f"{name}.yaml", extra, smallest)  # fmt: skip
+                else:
+                    mapping = write_fixed_mapping(onnx_path, hw.stream, bytes_per_element, out / f"{name}.yaml",
+                                                  smallest)  # fmt: skip
+            except MappingError as exc:  # e.g. no tile left to halve: the next try may still fit
+                failure = failure or exc
+                continue
             try:
                 return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out / name), mapping=str(mapping),
                                         options=SolveOptions(artifacts=False)), out / name  # fmt: skip
-            except InfeasibleAllocationError:
-                if i == len(tries) - 1:
-                    raise
+            except InfeasibleAllocationError as exc:
+                failure = exc if not isinstance(failure, InfeasibleAllocationError) else failure
+        raise failure
     if strategy == DEFAULT_FUSION:
         return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=SolveOptions(artifacts=False)), out
     cuts = keep_softmax_cuts(onnx_path) if strategy == "keep-softmax" else "per-layer"
