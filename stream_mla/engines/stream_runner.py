@@ -235,14 +235,15 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
         given = stream_graph(split, workdir, fused=True) if split_inputs else split
         try:
             est, folder = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION, bytes_per_element)
-        except (MappingError, InfeasibleAllocationError) as exc:
-            failure = exc
+        except (MappingError, InfeasibleAllocationError) as exc:  # keep Stream's first refusal: it names the layer
+            failure = exc if not isinstance(failure, InfeasibleAllocationError) else failure
             continue
         except AssertionError as exc:
             if "fused groups but workload splits" not in str(exc):
                 raise
-            failure = MappingError(f"fused-attention with {chunks} chunks: Stream cuts the core at a layout it "
-                                   f"cannot fold ({exc})")  # fmt: skip
+            if not isinstance(failure, InfeasibleAllocationError):
+                failure = MappingError(f"fused-attention with {chunks} chunks: Stream cuts the core at a layout it "
+                                       f"cannot fold ({exc})")  # fmt: skip
             continue
         return est, folder, count_file(split), f"kv_chunks {chunks}"  # its nodes; MACs and bytes are the given's
     raise failure
