@@ -134,7 +134,7 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
                 return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out / name), mapping=str(mapping),
                                         options=SolveOptions(artifacts=False)), out / name  # fmt: skip
             except InfeasibleAllocationError as exc:
-                failure = exc if not isinstance(failure, InfeasibleAllocationError) else failure
+                failure = first_refusal(failure, exc)
         raise failure
     if strategy == DEFAULT_FUSION:
         return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=SolveOptions(artifacts=False)), out
@@ -220,6 +220,12 @@ def split_kv_graphs(onnx_path: Path, hw: Hardware, workdir: Path) -> Iterator[tu
         yield path, chunks
 
 
+def first_refusal(kept: Exception | None, new: Exception) -> Exception:
+    """The failure a strategy reports: Stream's first refusal (it names the layer and the memory short), else the
+    latest failure of our own (a mapping that cannot be made)."""
+    return kept if isinstance(kept, InfeasibleAllocationError) else new
+
+
 def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: Path, split_inputs: bool,
               bytes_per_element: int) -> tuple[object, Path, dict, str]:  # fmt: skip
     """(estimate, its folder, counts of the graph Stream ran, note) of the fused-attention strategy: the split-KV
@@ -235,15 +241,15 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
         given = stream_graph(split, workdir, fused=True) if split_inputs else split
         try:
             est, folder = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION, bytes_per_element)
-        except (MappingError, InfeasibleAllocationError) as exc:  # keep Stream's first refusal: it names the layer
-            failure = exc if not isinstance(failure, InfeasibleAllocationError) else failure
+        except (MappingError, InfeasibleAllocationError) as exc:
+            failure = first_refusal(failure, exc)
             continue
         except AssertionError as exc:
             if "fused groups but workload splits" not in str(exc):
                 raise
-            if not isinstance(failure, InfeasibleAllocationError):
-                failure = MappingError(f"fused-attention with {chunks} chunks: Stream cuts the core at a layout it "
-                                       f"cannot fold ({exc})")  # fmt: skip
+            fold = MappingError(f"fused-attention with {chunks} chunks: Stream cuts the core at a layout it cannot "
+                                f"fold ({exc})")  # fmt: skip
+            failure = first_refusal(failure, fold)
             continue
         return est, folder, count_file(split), f"kv_chunks {chunks}"  # its nodes; MACs and bytes are the given's
     raise failure
