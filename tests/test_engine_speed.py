@@ -186,25 +186,8 @@ def test_spatial_mapping_checks_equal_zigzags_own():
 
 def _engines_own(monkeypatch) -> None:
     """Put back every function the twins replace (engine_speed.install), for this test only."""
-    import functools
-
-    import stream.opt.allocation.constraint_optimization.space as space
-    import stream.workload.affine_transform as transform
-    import stream.workload.workload as workload
-    from zigzag.mapping.spatial_mapping import SpatialMapping
-
-    own = engine_speed._installed
-    monkeypatch.setattr(utils, "affine_coefficients", own["original"])
-    monkeypatch.setattr(workload, "affine_coefficients", own["original"])
-    monkeypatch.setattr(transform.AffineTransform, "from_affine_map", own["from_affine_map"])
-    monkeypatch.setattr(plugins, "_distribution_of", own["distribution_of"])
-    monkeypatch.setattr(space.DecisionSpace, "moved_bits", own["moved_bits"])
-    solve = functools.cached_property(own["unique_dimensions"])
-    solve.__set_name__(workload.Workload, "_unique_dimensions")
-    monkeypatch.setattr(workload.Workload, "_unique_dimensions", solve)
-    monkeypatch.setattr(SpatialMapping, "copy", own["spatial_mapping_copy"])
-    monkeypatch.setattr(SpatialMapping, "is_valid", own["is_valid"])
-    monkeypatch.setattr(SpatialMapping, "get_performance_indicator", own["indicator"])
+    for owner, name, own in engine_speed._replaced:
+        monkeypatch.setattr(owner, name, own)
     monkeypatch.setattr(engine_speed, "install", lambda: None)
     monkeypatch.setattr(engine_speed, "install_zigzag", lambda: None)
 

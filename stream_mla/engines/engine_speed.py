@@ -50,6 +50,7 @@ import functools
 from xdsl.ir.affine import AffineBinaryOpExpr, AffineBinaryOpKind, AffineConstantExpr, AffineDimExpr, AffineExpr
 
 _installed: dict[str, object] = {}
+_replaced: list[tuple[object, str, object]] = []  # (owner, attribute, the engine's own value) of every replacement
 _solved: dict[tuple, tuple] = {}  # (dims, remainders, relations) -> Stream's unique dimensions of a workload
 MAX_SOLVED = 4096  # a long process holds at most this many solves
 _names: dict[int, tuple[object, str]] = {}  # id(entry point) -> (the entry point, kept alive; its distribution)
@@ -215,17 +216,24 @@ def unique_dimensions(self):
     return found
 
 
+def _replace(owner, name: str, new, key: str = "") -> None:
+    """owner.name = new, keeping the engine's own value as `owner` holds it (in `_replaced`, to put back; and under
+    _installed[key] where a twin calls it)."""
+    own = vars(owner).get(name, getattr(owner, name))  # a class's own entry: a classmethod or cached_property object
+    if key:
+        _installed[key] = own
+    _replaced.append((owner, name, own))
+    setattr(owner, name, new)
+
+
 def install_zigzag() -> None:
     """Make ZigZag use its twin in this process (what a ZigZag run needs; no Stream import)."""
     from zigzag.mapping.spatial_mapping import SpatialMapping
 
     if "spatial_mapping_copy" not in _installed:
-        _installed["spatial_mapping_copy"] = SpatialMapping.copy
-        _installed["is_valid"] = SpatialMapping.is_valid
-        _installed["indicator"] = SpatialMapping.get_performance_indicator
-        SpatialMapping.copy = spatial_mapping_copy
-        SpatialMapping.is_valid = spatial_mapping_is_valid
-        SpatialMapping.get_performance_indicator = spatial_mapping_indicator
+        _replace(SpatialMapping, "copy", spatial_mapping_copy, "spatial_mapping_copy")
+        _replace(SpatialMapping, "is_valid", spatial_mapping_is_valid, "is_valid")
+        _replace(SpatialMapping, "get_performance_indicator", spatial_mapping_indicator, "indicator")
 
 
 def install() -> None:
@@ -239,16 +247,12 @@ def install() -> None:
     import stream.workload.utils as utils
     import stream.workload.workload as workload
 
-    _installed["original"] = utils.affine_coefficients
-    utils.affine_coefficients = affine_coefficients  # affine_bounds looks it up here
-    workload.affine_coefficients = affine_coefficients  # imported by name
-    _installed["from_affine_map"] = transform.AffineTransform.__dict__["from_affine_map"]
-    transform.AffineTransform.from_affine_map = classmethod(from_affine_map)
-    _installed["distribution_of"] = plugins._distribution_of
-    plugins._distribution_of = distribution_of  # load_group looks it up here
-    _installed["moved_bits"] = space.DecisionSpace.moved_bits
-    space.DecisionSpace.moved_bits = moved_bits
-    _installed["unique_dimensions"] = workload.Workload.__dict__["_unique_dimensions"].func
+    _replace(utils, "affine_coefficients", affine_coefficients, "original")  # affine_bounds looks it up here
+    _replace(workload, "affine_coefficients", affine_coefficients)  # imported by name
+    _replace(transform.AffineTransform, "from_affine_map", classmethod(from_affine_map), "from_affine_map")
+    _replace(plugins, "_distribution_of", distribution_of, "distribution_of")  # load_group looks it up here
+    _replace(space.DecisionSpace, "moved_bits", moved_bits, "moved_bits")
     solved = functools.cached_property(unique_dimensions)
     solved.__set_name__(workload.Workload, "_unique_dimensions")
-    workload.Workload._unique_dimensions = solved
+    _replace(workload.Workload, "_unique_dimensions", solved)
+    _installed["unique_dimensions"] = _replaced[-1][2].func

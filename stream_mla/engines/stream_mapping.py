@@ -296,13 +296,13 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
     caches = set(cache_inputs(onnx.load(str(onnx_path), load_external_data=False)))
     # dims that index the cache a matrix node reads: a tile of them reads its own part of the cache; a tile of the
     # others (query rows sharing a K/V head, e.g. all h heads of the MLA latent) reads the same cache chunk again
-    per_cache = {d for n in on_matrix for t, dims in zip(n.tensors, _operand_dims(wl, n), strict=True)
-                 if t.name in caches for d in dims}  # fmt: skip
+    operands = [(t.name, dims) for n in on_matrix for t, dims in zip(n.tensors, _operand_dims(wl, n), strict=True)]
+    per_cache = {d for name, dims in operands if name in caches for d in dims}
     if not per_cache:  # prefill: K and V come from the layer's projections; the operands the query rows share (not
         # indexed by every parallel dim) play the cache's part
         produced = {t.name for n in members for t in n.outputs}
-        per_cache = {d for n in on_matrix for t, dims in zip(n.tensors, _operand_dims(wl, n), strict=True)
-                     if t.name not in produced and not set(parallel) <= set(dims) for d in dims}  # fmt: skip
+        per_cache = {d for name, dims in operands if name not in produced and not set(parallel) <= set(dims)
+                     for d in dims}  # fmt: skip
     # split over the matrix cores: along the chunks, else along the largest parallel dim that divides, one that
     # indexes the cache (or prefill's K and V) first, so each core reads only its own part of it
     split_dim = chunk if chunk is not None and sizes[chunk] % len(matrix) == 0 else None

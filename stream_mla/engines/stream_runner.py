@@ -62,7 +62,7 @@ FUSED_ATTENTION = "fused-attention"
 # Fused attention's tries until Stream finds an allocation: (extra tile halvings of the fused group, the fixed part's
 # tiles sized for the smallest compute core's memory, see stream_mapping.fixed_mapping); the fixed mapping's tries
 FUSED_RETRIES = ((0, False), (2, False), (0, True))
-FIXED_RETRIES = (False, True)
+FIXED_RETRIES = ((0, False), (0, True))
 # A search runs default-fusion (measured 150 s for V3 absorb L = 4k on h100-like's 8 cores, against 10-30 s for the
 # others) only on platforms of at most this many matrix cores, and only as the fallback: when no strategy before it
 # gave a valid result (measured: never faster than the others' best where it ran beside them; a near-roofline best,
@@ -116,7 +116,7 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
     engine_speed.install()
     if strategy in (FUSED_ATTENTION, "fixed-mapping"):
         out.mkdir(parents=True, exist_ok=True)
-        tries = FUSED_RETRIES if strategy == FUSED_ATTENTION else [(0, small) for small in FIXED_RETRIES]
+        tries = FUSED_RETRIES if strategy == FUSED_ATTENTION else FIXED_RETRIES
         failure: Exception | None = None  # Stream's first refusal names the layer; a retry's own failure does not
         for extra, smallest in tries:
             name = f"{strategy}-{extra}{'-smallest' if smallest else ''}"

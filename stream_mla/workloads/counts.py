@@ -60,16 +60,27 @@ def attended_pairs(queries: int, context: int, window: int | None = None) -> int
     return uncapped * first + uncapped * (uncapped - 1) // 2 + (queries - uncapped) * (window or 0)
 
 
+def _shapes_and_types(g: onnx.GraphProto) -> tuple[dict, dict]:
+    """Every tensor's shape and element type: graph inputs, inferred values, outputs and initializers."""
+    shapes = {vi.name: _dims(vi) for vi in (*g.input, *g.value_info, *g.output)}
+    shapes.update({t.name: tuple(t.dims) for t in g.initializer})
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.value_info, *g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return shapes, types
+
+
+def _matmul_macs(n: onnx.NodeProto, shapes: dict) -> int:
+    """A MatMul's MACs: every output element sums over the contracted axis (the first input's last)."""
+    return math.prod(shapes[n.output[0]]) * shapes[n.input[0]][-1]
+
+
 def count(model: onnx.ModelProto) -> dict:
     """The `stream-mla count --json` document for one graph."""
     meta = metadata(model)
     if "bytes_per_element" not in meta:
         raise ValueError("not a stream-mla graph (no stream_mla.* metadata); export it with `stream-mla export`")
     g = model.graph
-    shapes = {vi.name: _dims(vi) for vi in (*g.input, *g.value_info, *g.output)}
-    shapes.update({t.name: tuple(t.dims) for t in g.initializer})
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.value_info, *g.output)}
-    types.update({t.name: t.data_type for t in g.initializer})
+    shapes, types = _shapes_and_types(g)
     width = {name: tensor_dtype_to_np_dtype(t).itemsize for name, t in types.items()}  # bytes per element
     weights = {t.name for t in g.initializer if len(t.dims) >= 2}
     act_inputs = meta.get("activation_inputs", ["x"])
@@ -88,7 +99,7 @@ def count(model: onnx.ModelProto) -> dict:
     for n in g.node:
         node_macs = 0
         if n.op_type == "MatMul":
-            node_macs = math.prod(shapes[n.output[0]]) * shapes[n.input[0]][-1]
+            node_macs = _matmul_macs(n, shapes)
         node_causal = node_macs * causal_factor[0] // causal_factor[1] if n.name in causal else node_macs
         macs += node_macs
         macs_causal += node_causal
@@ -138,10 +149,7 @@ def step_counts(model: onnx.ModelProto, step_of: dict[str, str]) -> dict[str, tu
     belongs to no step. One step holding every node moves the graph's inputs, weights and output; one step per
     node (no views) moves the layer-by-layer bytes."""
     g = model.graph
-    shapes = {vi.name: _dims(vi) for vi in (*g.input, *g.value_info, *g.output)}
-    shapes.update({t.name: tuple(t.dims) for t in g.initializer})
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*g.input, *g.value_info, *g.output)}
-    types.update({t.name: t.data_type for t in g.initializer})
+    shapes, types = _shapes_and_types(g)
     source: dict[str, str] = {}
     for n in g.node:  # graph order is topological: a view's input is resolved before the view
         if n.op_type in LAYOUT_OPS:
@@ -156,7 +164,7 @@ def step_counts(model: onnx.ModelProto, step_of: dict[str, str]) -> dict[str, tu
             continue
         step = steps.setdefault(step_of.get(n.name, n.name), {"macs": 0, "reads": set(), "writes": set()})
         if n.op_type == "MatMul":
-            step["macs"] += math.prod(shapes[n.output[0]]) * shapes[n.input[0]][-1]
+            step["macs"] += _matmul_macs(n, shapes)
         for t in n.input:
             t = source.get(t, t)
             if t in nbytes:
