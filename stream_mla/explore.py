@@ -79,7 +79,7 @@ from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.sweeps.spec import ModelName, SchemeName
 from stream_mla.workloads import build, make_spec, registry
-from stream_mla.workloads.counts import count
+from stream_mla.workloads.counts import count, summed_products
 from stream_mla.workloads.graph import LAYOUT_OPS
 
 EXAMPLE = Path(__file__).parent / "data" / "explore-example.yaml"
@@ -315,6 +315,7 @@ def spill_steps(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
         return math.prod(d.dim_value for d in tt.shape.dim) * tensor_dtype_to_np_dtype(tt.elem_type).itemsize
 
     out = g.output[0].name
+    partials = {m.output[0] for m in summed_products(g).values()}  # accumulated in place, never an intermediate
     root: dict[str, str] = {}
     birth: dict[str, int] = {}
     readers: dict[str, set[int]] = {}
@@ -327,7 +328,7 @@ def spill_steps(model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]:
             if t in root:
                 readers.setdefault(root[t], set()).add(i)
         for t in n.output:
-            if t != out:
+            if t != out and t not in partials:
                 root[t], birth[t] = t, i
     size = {t: nbytes(t) for t in birth}
     names = sorted(birth, key=lambda t: (-size[t], birth[t]))

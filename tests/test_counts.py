@@ -154,3 +154,37 @@ def test_node_macs_sum_and_names():
 def test_gqa_without_kv_heads_on_an_mha_model_is_an_error():
     with pytest.raises(SpecError, match="--kv-heads"):
         make_spec(model=PRESETS["deepseek-v3"], scheme="gqa", context=16)
+
+
+def test_a_sum_of_products_is_the_products_accumulation():
+    """mla-merged-per-step's output projection sums per-head products (a MatMul, then a ReduceSum over the heads):
+    counted as one node, as the engines run it, reading o_lat and W_VO and writing y; the per-head partials
+    (B x h x d) never cross DRAM. Hand values for V2-Lite, B = 2, bf16: o_lat 2·16·512, W_VO 16·512·2048, y 2·2048."""
+    _, c = counted("deepseek-v2-lite", "mla-merged-per-step", "decode", 2, 64)
+    io = {n["name"]: n["io_bytes"] for n in c["nodes"]}
+    assert io["o_merged_proj"] == 2 * (2 * 16 * 512 + 16 * 512 * 2048 + 2 * 2048)
+    assert io["o_merged_sum"] == 0
+    spec, _ = counted("deepseek-v2-lite", "mla-merged-per-step", "decode", 2, 64)
+    steps = step_counts(build(spec), {})  # each node a step: the sum is its product's
+    assert "o_merged_sum" not in steps and steps["o_merged_proj"] == (2 * 16 * 512 * 2048, io["o_merged_proj"])
+
+
+def test_a_sum_whose_products_another_node_reads_stays_a_node():
+    """The partials of a MatMul that a second node also reads must reach it: no fold, the MatMul writes them all."""
+    from stream_mla.workloads.graph import GraphBuilder
+
+    b = GraphBuilder("bf16")
+    p = b.matmul("p", b.input("x", (4, 1, 8), cls="activations"), b.weight("W", (4, 8, 16)))  # [4, 1, 16]
+    s = b.node("ReduceSum", [p, b.constant("s_axes", [0])], "s", (1, 16), keepdims=0)
+    y = b.add("y", s, b.reduce("ReduceMax", "m", p))  # [1, 16] + [4, 1, 1] -> [4, 1, 16]
+    folded = count(b.build(y, "g", {"bytes_per_element": 2, "phase": "decode"}))
+    io = {n["name"]: n["io_bytes"] for n in folded["nodes"]}
+    assert io["p"] == 2 * (4 * 8 + 4 * 8 * 16 + 4 * 16)
+    assert io["s"] == 2 * (4 * 16 + 16) + 8  # and its int64 axes
+
+    b = GraphBuilder("bf16")
+    p = b.matmul("p", b.input("x", (4, 1, 8), cls="activations"), b.weight("W", (4, 8, 16)))
+    y = b.node("ReduceSum", [p, b.constant("s_axes", [0])], "s", (1, 16), keepdims=0)
+    alone = count(b.build(y, "g", {"bytes_per_element": 2, "phase": "decode"}))
+    io = {n["name"]: n["io_bytes"] for n in alone["nodes"]}
+    assert io == {"p": 2 * (4 * 8 + 4 * 8 * 16 + 16), "s": 0}  # x, W; the sum's output

@@ -50,7 +50,9 @@ def test_fused_group_holds_the_attention_core_and_the_combine(tmp_path, scheme, 
     (attn,) = [g for g in groups if g["name"] == "attention"]
     assert attn["layers"] == [n for n in [*core, *combine] if n in attn["layers"]] and len(attn["layers"]) == len(
         core) + len(combine)  # fmt: skip
-    assert all(len(g["layers"]) == 1 for g in groups if g is not attn)
+    per_step = scheme == "mla-merged-per-step" and part == "layer"  # the core has no projections
+    products = [["merge_qk", "q_merged"], ["merge_vo", "o_merged_proj"]] if per_step else []
+    assert [g["layers"] for g in groups if g is not attn and len(g["layers"]) > 1] == products
     layers = {entry["name"]: entry for entry in mapping["layers"]}
     matrix = [c.id for c in compute_cores(hw.stream) if c.runs("MatMul")]
     ops = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
@@ -235,6 +237,26 @@ def test_prefill_core_keeps_each_heads_k_and_v_while_its_query_rows_run(tmp_path
     r = evaluate_stream(path, hw, tmp_path, strategies=(FUSED_ATTENTION,))
     (core,) = [n for n in r.nodes if n.name == "scores+probs+ctx"]
     assert 16_777_216 <= core.dram_bytes <= 1.01 * 16_777_216
+    assert r.latency_s >= r.roofline_bound_s and not r.warnings
+
+
+def test_merged_per_step_consumes_its_merged_weights_on_chip(tmp_path):
+    """mla-merged-per-step makes W_QK and W_VO (V2-Lite: 16 x 2048 x 512 elements each) every step; each merge runs
+    in one group with the product that reads it, split over the 8 matrix cores by head (each core reads only its
+    heads' factors) and tiled to fit, so neither product crosses DRAM: the two groups move each factor once plus
+    the activations they read and write. Closed form (bf16): merge_qk+q_merged reads W_UQ (2048 x 16·128) and
+    W_UK (512 x 16·128) and x (2048), writes q_lat (16·512); merge_vo+o_merged_proj reads W_UV (512 x 16·128),
+    W_O (16·128 x 2048) and o_lat (16·512), writes y (2048). (Before, each merged product went to DRAM and back:
+    the layer moved 5.68x its analytic bytes.)"""
+    path = export(lite("mla-merged-per-step", context=1024), tmp_path / "g.onnx")
+    hw = Hardware.from_platform(PRESETS["h100-like"])
+    r = evaluate_stream(path, hw, tmp_path, strategies=(FUSED_ATTENTION,))
+    moved = {n.name: n.dram_bytes for n in r.nodes}
+    qk = 2 * (2048 * 16 * 128 + 512 * 16 * 128 + 2048 + 16 * 512)
+    vo = 2 * (512 * 16 * 128 + 16 * 128 * 2048 + 16 * 512 + 2048)
+    assert qk <= moved["merge_qk+q_merged"] <= 1.01 * qk
+    assert vo <= moved["merge_vo+o_merged_proj"] <= 1.01 * vo
+    assert r.dram_bytes <= r.engine_dram_bytes <= 1.01 * r.dram_bytes
     assert r.latency_s >= r.roofline_bound_s and not r.warnings
 
 

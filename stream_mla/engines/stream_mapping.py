@@ -128,20 +128,32 @@ def layer_mapping(node: HasIterationSpace, cores: list[Core], bytes_per_element:
 
 
 def fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, smallest: bool = False) -> dict:
-    """The mapping YAML document: one group per layer, in Stream's dataflow order. smallest: every layer's tiles fit
-    half the memory of the smallest compute core, not only of its own cores (a retry: Stream 2.1.1 finds no
-    allocation for V3 prefill S = 1024 on cloud-fusemax with q_proj's or o_proj's tiles sized for its 32 MB matrix
-    core, structurally, no memory over its budget; sized for its 4 MB vector core it does)."""
+    """The mapping YAML document: one group per layer, in Stream's dataflow order, except that each product of
+    weights alone runs in one group with its reader (`weight_products`). smallest: every layer's tiles fit half the
+    memory of the smallest compute core, not only of its own cores (a retry: Stream 2.1.1 finds no allocation for V3
+    prefill S = 1024 on cloud-fusemax with q_proj's or o_proj's tiles sized for its 32 MB matrix core, structurally,
+    no memory over its budget; sized for its 4 MB vector core it does)."""
+    wl, layers, groups = _per_layer(onnx_path, stream_hw, bytes_per_element, smallest)
+    merged = _product_merges(onnx_path, wl, stream_hw, bytes_per_element, layers)
+    return {"layers": list(layers.values()), "fused_groups": _merged_groups(groups, merged, _by_name(wl))}
+
+
+def _per_layer(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, smallest: bool):
+    """(Stream's workload, each layer's entry by name, one group per layer in dataflow order)."""
     wl = load_workload(str(onnx_path))
     cores = compute_cores(stream_hw)
-    layers, groups = [], []
+    layers, groups = {}, []
     for node in wl.dataflow_sort():
         if not isinstance(node, HasIterationSpace):
             continue
         layer, tiles = layer_mapping(node, cores, bytes_per_element, smallest)
-        layers.append(layer)
+        layers[node.name] = layer
         groups.append({"name": node.name, "layers": [node.name], "intra_core_tiling": tiles})
-    return {"layers": layers, "fused_groups": groups}
+    return wl, layers, groups
+
+
+def _by_name(wl) -> dict:
+    return {n.name: n for n in wl.dataflow_sort() if isinstance(n, HasIterationSpace)}
 
 
 def write_fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, path: Path,
@@ -273,10 +285,9 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
     """The fixed mapping (smallest: see `fixed_mapping`) with the attention core as one fused group (and a split-KV
     combine as another). extra_halvings: halve the tile that many more times than the footprint estimate needs (a
     retry after Stream found the estimated tile too big)."""
-    mapping = fixed_mapping(onnx_path, stream_hw, bytes_per_element, smallest)
+    wl, layers, groups = _per_layer(onnx_path, stream_hw, bytes_per_element, smallest)
     core, combine = attention_core(onnx_path)
-    wl = load_workload(str(onnx_path))
-    by_name = {n.name: n for n in wl.dataflow_sort() if isinstance(n, HasIterationSpace)}
+    by_name = _by_name(wl)
     missing = [n for n in (*core, *combine) if n not in by_name]
     if missing:
         raise MappingError(f"fused-attention: Stream's workload lacks {missing}")
@@ -313,7 +324,6 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
             raise MappingError(f"fused-attention: no attention dim of {sizes.values()} divides over {len(matrix)} "
                                "matrix cores")  # fmt: skip
     split = {split_dim: len(matrix)} if split_dim is not None and len(matrix) > 1 else {}
-    layers = {entry["name"]: entry for entry in mapping["layers"]}
     for node in on_matrix:
         entry = {"name": node.name, "core_allocation": [[c.id for c in matrix]]}
         if split:
@@ -347,10 +357,89 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
         if extent[d] != sizes[d]:
             host = anchor if d in wl.get_dims(anchor) else next(n for n in members if d in wl.get_dims(n))
             tiling.append({"dim": f"{host.name}.D{wl.get_dims(host).index(d)}", "tile": extent[d] // split.get(d, 1)})
-    mapping["layers"] = list(layers.values())
     merged = [("attention", core + combine, tiling)]
-    mapping["fused_groups"] = _merged_groups(mapping["fused_groups"], merged, by_name)
-    return mapping
+    merged += _product_merges(onnx_path, wl, stream_hw, bytes_per_element, layers)
+    return {"layers": list(layers.values()), "fused_groups": _merged_groups(groups, merged, by_name)}
+
+
+# ---- weight products consumed on-chip (attention-schemes.md §5.5) ------------------------------------------------
+# A product of weights alone that the graph makes every step (mla-merged-per-step's W_QK = W_UQ W_UK^T and
+# W_VO = W_UV W_O, 570 M elements for V3) runs in one fused group with the one product that reads it, so each tile of
+# it is consumed on the core that made it instead of going through DRAM. The pair is split over the matrix cores
+# along a dim that indexes every input of the product (the heads: each core reads only its heads' factors), then
+# tiled in time until a tile fits, halving first the dims whose tiling re-reads the fewest factor bytes (for W_VO,
+# d_model: only W_UV[h], not W_O, is read again per tile).
+def _product_merges(onnx_path: str | Path, wl, stream_hw: dict, bytes_per_element: int, layers: dict) -> list:
+    """The (name, members, tiling) group of each weight product and its reader that can be split and tiled to fit;
+    their layer entries updated in `layers`."""
+    matrix = cores_for("MatMul", compute_cores(stream_hw))
+    by_name, merged = _by_name(wl), []
+    for product, reader in weight_products(onnx_path):
+        group = _product_group(wl, by_name[product], by_name[reader], matrix, bytes_per_element)
+        if group is not None:
+            entries, tiles = group
+            layers.update((entry["name"], entry) for entry in entries)
+            merged.append((product, [product, reader], tiles))
+    return merged
+
+
+def weight_products(onnx_path: str | Path) -> list[tuple[str, str]]:
+    """(product, reader) by name: each MatMul both of whose inputs are weights (initializers, through views) whose
+    output (through views) one MatMul alone reads."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes, readers, producer = _graph_nodes(onnx_path)
+    weights = {t.name for t in model.graph.initializer}
+
+    def source(tensor: str) -> str:  # the tensor a chain of views reads
+        while tensor in producer and producer[tensor].op_type in LAYOUT_OPS:
+            tensor = producer[tensor].input[0]
+        return tensor
+
+    pairs = []
+    for n in nodes:
+        if n.op_type != "MatMul" or not all(source(t) in weights for t in n.input):
+            continue
+        reads = _through_views(n.output[0], readers)
+        if len(reads) == 1 and reads[0].op_type == "MatMul":
+            pairs.append((n.name, reads[0].name))
+    return pairs
+
+
+def _product_group(wl, product, reader, matrix: list[Core], bytes_per_element: int) -> tuple[list, list] | None:
+    """(layer entries, tiles) of the fused (product, reader) group, or None when no split or tile fits (the pair then
+    keeps its per-layer groups)."""
+    dims = [_operand_dims(wl, product)[i] for i in range(len(product.inputs))]
+    sizes = {d: wl.get_dimension_size(d) for n in (product, reader) for d in wl.get_dims(n)}
+    made = _operand_dims(wl, product)[-1]
+    shared = [d for d in made if all(d in ds for ds in dims)]  # not a contracted dim: the reader has none of those
+    split_dim = max((d for d in shared if sizes[d] % len(matrix) == 0), key=lambda d: sizes[d], default=None)
+    if split_dim is None and len(matrix) > 1:
+        return None
+    split = {split_dim: len(matrix)} if len(matrix) > 1 else {}
+    factor_bytes = [math.prod(sizes[d] for d in ds) for ds in dims]
+
+    def rereads(d) -> int:  # factor elements a tile along d reads again
+        return sum(b for b, ds in zip(factor_bytes, dims, strict=True) if d not in ds)
+
+    order = ([split_dim] if split_dim is not None else []) + sorted(
+        (d for d in made if d != split_dim and sizes[d] > 1), key=lambda d: (rereads(d), -sizes[d])
+    )
+    extent = dict(sizes)
+    budget = min(c.memory_bytes for c in matrix) // 2
+    while _group_footprint(wl, (product, reader), extent, split, bytes_per_element, True) > budget:
+        dim = next((d for d in order if extent[d] > split.get(d, 1)), None)
+        if dim is None:
+            return None
+        extent[dim] = _halve(extent[dim] // split.get(dim, 1)) * split.get(dim, 1)
+    entries = []
+    for node in (product, reader):
+        entry = {"name": node.name, "core_allocation": [[c.id for c in matrix]]}
+        if split:
+            entry["inter_core_tiling"] = [[{"dim": f"D{wl.get_dims(node).index(split_dim)}", "split": len(matrix)}]]
+        entries.append(entry)
+    tiles = [{"dim": f"{product.name}.D{wl.get_dims(product).index(d)}", "tile": extent[d] // split.get(d, 1)}
+             for d in reversed(order) if extent[d] != sizes[d]]  # fmt: skip
+    return entries, tiles
 
 
 def _reduced_dim(wl, node):

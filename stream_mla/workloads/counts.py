@@ -6,7 +6,9 @@
   their per-head copies), and activations in/out (x and the output). Intermediates stay on-chip.
 - Layer-by-layer bytes: the traffic of an executor that keeps nothing on-chip between nodes, each node reading
   all its inputs from DRAM and writing its output back (layout views are free). The upper reference for an engine
-  run with a fusion cut after every layer, as the lower one above is for a perfect one.
+  run with a fusion cut after every layer, as the lower one above is for a perfect one. A ReduceSum that alone
+  reads a MatMul's output is that MatMul's accumulation (`summed_products`: as both engines run it, Stream folding
+  it into the product), so the partial products between them never cross DRAM.
 - Causal (and windowed) attention: the graphs compute the dense Sq x T block; `macs_causal` scales the nodes the
   exporter marked by the exact share of query-key pairs a causal attention computes (`attended_pairs`): (S+1)/(2S)
   for prefill, 1 - (Q-1)/(2L) for Q new decode tokens, less where a window W caps what each query sees.
@@ -69,6 +71,19 @@ def _shapes_and_types(g: onnx.GraphProto) -> tuple[dict, dict]:
     return shapes, types
 
 
+def summed_products(g: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """{ReduceSum node name: the MatMul it sums}: each ReduceSum whose input a MatMul produces and it alone reads.
+    The product accumulates over the summed axes in place (Stream: parser/onnx/reduce.py), so the pair is one node
+    reading the MatMul's inputs and writing the ReduceSum's output."""
+    producer = {o: n for n in g.node for o in n.output}
+    reads: dict[str, int] = {}
+    for n in g.node:
+        for t in n.input:
+            reads[t] = reads.get(t, 0) + 1
+    return {n.name: m for n in g.node if n.op_type == "ReduceSum" and (m := producer.get(n.input[0])) is not None
+            and m.op_type == "MatMul" and reads[n.input[0]] == 1}  # fmt: skip
+
+
 def _matmul_macs(n: onnx.NodeProto, shapes: dict) -> int:
     """A MatMul's MACs: every output element sums over the contracted axis (the first input's last)."""
     return math.prod(shapes[n.output[0]]) * shapes[n.input[0]][-1]
@@ -96,6 +111,9 @@ def count(model: onnx.ModelProto) -> dict:
     nbytes = {name: n * width[name] for name, n in numel.items()}
     kv_width = BYTES_PER_ELEMENT[meta["precision"]["kv_cache"]] if "precision" in meta else width["x"]
     nodes, macs, macs_causal = [], 0, 0
+    summed = summed_products(g)
+    sum_of = {m.name: r for r, m in summed.items()}  # the MatMul's name: its ReduceSum's name
+    written = {r.name: r.output for r in g.node if r.name in summed}
     for n in g.node:
         node_macs = 0
         if n.op_type == "MatMul":
@@ -103,7 +121,9 @@ def count(model: onnx.ModelProto) -> dict:
         node_causal = node_macs * causal_factor[0] // causal_factor[1] if n.name in causal else node_macs
         macs += node_macs
         macs_causal += node_causal
-        io = 0 if n.op_type in LAYOUT_OPS else sum(nbytes[t] for t in (*n.input, *n.output) if t in nbytes)
+        outputs = written[sum_of[n.name]] if n.name in sum_of else n.output
+        moved = n.op_type in LAYOUT_OPS or n.name in summed  # a view; a sum its product accumulates
+        io = 0 if moved else sum(nbytes[t] for t in (*n.input, *outputs) if t in nbytes)
         nodes.append({"name": n.name, "op": n.op_type, "macs": node_macs, "macs_causal": node_causal,
                       "flops": 2 * node_macs, "output_shape": list(shapes.get(n.output[0], ())),
                       "io_bytes": io})  # fmt: skip
@@ -159,6 +179,7 @@ def step_counts(model: onnx.ModelProto, step_of: dict[str, str]) -> dict[str, tu
               if t not in constants}  # fmt: skip
     steps: dict[str, dict] = {}
     readers: dict[str, set[str]] = {}
+    step_of = {**step_of, **{r: step_of.get(m.name, m.name) for r, m in summed_products(g).items()}}
     for n in g.node:
         if n.op_type in LAYOUT_OPS:
             continue

@@ -245,24 +245,44 @@ def build_mla_naive(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
 
 
 def build_mla_merged(b: GraphBuilder, m: ModelSpec, x: str, s: Shape, per_step: bool = False) -> str:
-    """§5.5: W_QK = W_UQ W_UK^T and W_VO = W_UV W_O, precomputed or (per_step) recomputed every step."""
-    h, dn, dv, dc, d = m.heads, m.qk_nope_head_dim, m.v_head_dim, m.kv_lora_rank, m.d_model
+    """§5.5: W_QK = W_UQ W_UK^T and W_VO = W_UV W_O, precomputed or (per_step) recomputed every step. Each merge is
+    emitted just before the product that reads it: Stream fuses only runs of consecutive nodes (its dataflow order
+    breaks ties by graph order), so the fused-attention mapping can give each merge and its reader one group."""
     c_q, _, q_rope = mla_queries(b, m, x, nope=False)
     c, kr, side = latent_cache(b, m, x, s)
-    if per_step:
-        w_uq = b.per_head_weight("W_UQ_heads", b.weight("W_UQ", (m.q_in, h * dn)), h, transpose=False)
-        w_uk_t = b.per_head_weight("W_UK_heads_t", b.weight("W_UK", (dc, h * dn)), h, transpose=True)
-        w_qk = b.reshape("W_QK_merged", b.transpose("W_QK_t", b.matmul("merge_qk", w_uq, w_uk_t), (1, 0, 2)),
-                         (m.q_in, h * dc))  # fmt: skip
-        w_uv = b.per_head_weight("W_UV_heads", b.weight("W_UV", (dc, h * dv)), h, transpose=False)
-        w_o = b.reshape("W_O_heads", b.weight("W_O", (h * dv, d)), (h, dv, d))
-        w_vo = b.reshape("W_VO_merged", b.matmul("merge_vo", w_uv, w_o), (h * dc, d))
-    else:
-        w_qk, w_vo = b.weight("W_QK", (m.q_in, h * dc)), b.weight("W_VO", (h * dc, d))
-    q_lat = group_queries(b, "q_lat_rows", b.matmul("q_merged", c_q, w_qk), h, 1)
+    q_lat = group_queries(b, "q_lat_rows", b.matmul("q_merged", c_q, merged_qk(b, m, per_step)), m.heads, 1)
     o_lat = latent_attention(b, m, q_lat, q_rope, c, kr, s)
-    y = b.matmul("o_merged_proj", ungroup(b, "o_lat_merged", o_lat, s.queries), w_vo)
-    return finish(b, y, side)
+    return finish(b, merged_output(b, m, o_lat, s.queries, per_step), side)
+
+
+def merged_qk(b: GraphBuilder, m: ModelSpec, per_step: bool) -> str:
+    """W_QK [q_in, h*d_c]: a weight, or (per_step) W_UQ,i W_UK,i^T per head."""
+    h, dn, dc = m.heads, m.qk_nope_head_dim, m.kv_lora_rank
+    if not per_step:
+        return b.weight("W_QK", (m.q_in, h * dc))
+    w_uq = b.per_head_weight("W_UQ_heads", b.weight("W_UQ", (m.q_in, h * dn)), h, transpose=False)
+    w_uk_t = b.per_head_weight("W_UK_heads_t", b.weight("W_UK", (dc, h * dn)), h, transpose=True)
+    w_qk = b.transpose("W_QK_t", b.matmul("merge_qk", w_uq, w_uk_t), (1, 0, 2))
+    return b.reshape("W_QK_merged", w_qk, (m.q_in, h * dc))
+
+
+def merged_output(b: GraphBuilder, m: ModelSpec, o_lat: str, queries: int, per_step: bool) -> str:
+    """y = o_lat W_VO. Per step, W_VO,i = W_UV,i W_O,i is made [h, d_c, d] and read in that layout: one MatMul over
+    the heads and a ReduceSum of its per-head partials, which Stream folds into the product's accumulation
+    (parser/onnx/reduce.py). The flat form [B, h*d_c] . [h*d_c, d] merges the contracted axis in both operands;
+    Stream folds only the first such reshape and materialises the other, W_VO's, as a fusion boundary through DRAM
+    (570 M elements for V3), so the merge could not be fused with its reader."""
+    h, dv, dc, d = m.heads, m.v_head_dim, m.kv_lora_rank, m.d_model
+    if not per_step:
+        return b.matmul("o_merged_proj", ungroup(b, "o_lat_merged", o_lat, queries), b.weight("W_VO", (h * dc, d)))
+    w_uv = b.per_head_weight("W_UV_heads", b.weight("W_UV", (dc, h * dv)), h, transpose=False)
+    w_o = b.reshape("W_O_heads", b.weight("W_O", (h * dv, d)), (h, dv, d))
+    w_vo = b.matmul("merge_vo", w_uv, w_o)  # [h, d_c, d]
+    bsz, _, rows, _ = b.shapes[o_lat]
+    heads = b.reshape("o_lat_heads", o_lat, (bsz, h, rows // h, dc))  # rows are (head, query), head outer
+    partial = b.matmul("o_merged_proj", heads, w_vo)  # [B, h, Sq, d]
+    return b.node("ReduceSum", [partial, b.constant("o_merged_sum_axes", [1])], "o_merged_sum", (bsz, queries, d),
+                  keepdims=0)  # fmt: skip
 
 
 # ---- the attention core alone (--part core) -----------------------------------------------------
