@@ -260,6 +260,46 @@ def test_merged_per_step_consumes_its_merged_weights_on_chip(tmp_path):
     assert r.latency_s >= r.roofline_bound_s and not r.warnings
 
 
+def test_each_sequence_finishes_its_chunks_before_the_next_starts(tmp_path):
+    """V3 absorb decode B = 32, L = 32k on h100-like (32 chunks over 8 matrix cores: 4 in time per core): the fused
+    core's loops run the sequences outermost, then the chunks, then the query rows (tiles are listed innermost
+    first), so only one sequence's split-KV partials are live on the 4 MB vector core. With the chunks outermost
+    every sequence's partials stayed live (5.35 MB: Stream refused it, and the fixed mapping won at 3.08x the roofline
+    with 3.06x the analytic DRAM). Now fused attention fits and moves the cache once."""
+    spec = make_spec(model=MODELS["deepseek-v3"], scheme="mla-absorb", batch=32, context=32768)
+    path = export(spec, tmp_path / "g.onnx")
+    hw = Hardware.from_platform(PRESETS["h100-like"])
+    split = export(spec.model_copy(update={"kv_chunks": 32}), tmp_path / "c32.onnx")
+    mapping = fused_attention_mapping(stream_graph(split, tmp_path, fused=True), hw.stream, 2)
+    (attn,) = [g for g in mapping["fused_groups"] if g["name"] == "attention"]
+    assert [e["dim"] for e in attn["intra_core_tiling"]][-2:] == ["scores_lat.D1", "scores_lat.D0"]  # chunk, batch
+    r = evaluate_stream(path, hw, tmp_path, strategies=(FUSED_ATTENTION,))
+    assert r.strategy == FUSED_ATTENTION and not r.warnings
+    assert r.dram_bytes <= r.engine_dram_bytes <= 1.05 * r.dram_bytes
+    assert r.roofline_bound_s <= r.latency_s <= 2 * r.roofline_bound_s
+
+
+def test_stream_cuts_a_reader_whose_operands_both_merge_its_contracted_axis(tmp_path, capsys):
+    """What the per-step graph's layout works around (scripts/stream_double_merge.py): Stream 2.1.1 materialises the
+    second of two reshapes that merge one contracted axis as a FusionEdge (control: one reshape folds). The exported
+    per-step layer has no FusionEdge, so each merge and its reader can be one group. If Stream fixes this, the
+    reproducer fails and the flat [B, h·d_c] · [h·d_c, d] form would fuse as well."""
+    import importlib.util
+    from pathlib import Path
+
+    from stream.frontends import load_workload
+    from stream.workload.node import FusionEdge
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "stream_double_merge.py"
+    spec = importlib.util.spec_from_file_location("stream_double_merge", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main() == 0
+    assert "both operands merge K: ['w_view']; one operand merges K: none" in capsys.readouterr().out
+    wl = load_workload(str(export(lite("mla-merged-per-step", context=64), tmp_path / "g.onnx")))
+    assert not [n.name for n in wl.nodes if isinstance(n, FusionEdge)]
+
+
 def test_the_search_skips_only_what_cannot_win(edge):
     """A strategy is left out only when it cannot beat the best result so far by more than 1 %: the roofline bounds
     every strategy, and a cut after every layer runs the layers in turn, each at best at the platform's peak or

@@ -353,7 +353,12 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
         extent[dim] = _halve(extent[dim] // split.get(dim, 1)) * split.get(dim, 1)
     anchor = on_matrix[0]
     tiling = []
-    for d in reversed(order):  # innermost first: heads inside chunks, so a chunk stays while its heads run
+    # loops, outermost first: the dims indexing the cache (a sequence, a K/V head), then the chunks, then the query
+    # rows sharing a chunk. A chunk stays while its query rows run, and a sequence's chunks and their combine finish
+    # before the next sequence starts, so only one tile's split-KV partials are live (chunks outermost, V3 absorb
+    # B = 32 L = 32k on h100-like kept every sequence's partials, 5.35 MB, on the 4 MB vector core)
+    loops = [d for d in order if d != chunk and d in per_cache] + [d for d in order if d == chunk or d not in per_cache]
+    for d in reversed(loops):  # the mapping lists tiles innermost first
         if extent[d] != sizes[d]:
             host = anchor if d in wl.get_dims(anchor) else next(n for n in members if d in wl.get_dims(n))
             tiling.append({"dim": f"{host.name}.D{wl.get_dims(host).index(d)}", "tile": extent[d] // split.get(d, 1)})
