@@ -279,6 +279,29 @@ def test_each_sequence_finishes_its_chunks_before_the_next_starts(tmp_path):
     assert r.roofline_bound_s <= r.latency_s <= 2 * r.roofline_bound_s
 
 
+def test_recompute_with_a_batch_fuses_its_reprojection_with_its_attention(tmp_path):
+    """mla-recompute decode at B > 1 (V2-Lite, B = 4, L = 1k, h100-like): in the rank-4 split-KV layout both the
+    re-projected keys and the queries merge the batch with the heads, and Stream materialises the query's view
+    inside the attention core (a FusionEdge, scores_nope_qt), so no fused mapping matched its groups (the fixed
+    mapping won at 1.5-1.7x the roofline with 14-110x the analytic DRAM on V3). The Stream runner exports the split
+    graph with B and the heads apart: no FusionEdge, and the re-projection runs in the attention's group."""
+    from stream.frontends import load_workload
+    from stream.workload.node import FusionEdge
+
+    spec = lite("mla-recompute", batch=4, context=1024)
+    split = spec.model_copy(update={"kv_chunks": 8})
+    edges = {}
+    for apart in (False, True):
+        wl = load_workload(str(export(split, tmp_path / f"c8-{apart}.onnx", batch_apart=apart)))
+        edges[apart] = [n.name for n in wl.nodes if isinstance(n, FusionEdge)]
+    assert edges == {False: ["scores_nope_qt"], True: []}
+    r = evaluate_stream(export(spec, tmp_path / "g.onnx"), Hardware.from_platform(PRESETS["h100-like"]), tmp_path,
+                        strategies=(FUSED_ATTENTION,))  # fmt: skip
+    assert r.strategy == FUSED_ATTENTION and r.strategies[FUSED_ATTENTION]["note"] == "kv_chunks 8"
+    (core,) = [n for n in r.nodes if n.name.startswith("k_up+v_up+scores_nope")]
+    assert r.latency_s >= r.roofline_bound_s and r.engine_dram_bytes >= r.dram_bytes and not r.warnings
+
+
 def test_stream_cuts_a_reader_whose_operands_both_merge_its_contracted_axis(tmp_path, capsys):
     """What the per-step graph's layout works around (scripts/stream_double_merge.py): Stream 2.1.1 materialises the
     second of two reshapes that merge one contracted axis as a FusionEdge (control: one reshape folds). The exported

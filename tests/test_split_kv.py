@@ -41,10 +41,13 @@ def run(model, feeds):
 @pytest.mark.parametrize("scheme", DENSE)
 @pytest.mark.parametrize("part", ["layer", "core"])
 @pytest.mark.parametrize(("batch", "context", "queries", "chunks"), [(1, 8, 1, 2), (2, 12, 3, 4), (1, 6, 2, 6)])
-def test_split_graph_equals_the_plain_graph(scheme, part, batch, context, queries, chunks):
-    """Random weights and random caches: the combine of per-chunk softmaxes is the softmax (C = T included)."""
+@pytest.mark.parametrize("apart", [False, True])
+def test_split_graph_equals_the_plain_graph(scheme, part, batch, context, queries, chunks, apart):
+    """Random weights and random caches: the combine of per-chunk softmaxes is the softmax (C = T included), in
+    both layouts (apart: B and the K/V heads as separate axes, rank-5 products for Stream; else rank <= 4)."""
     kw = {"batch": batch, "context": context, "queries": queries, "part": part}
-    plain, split = build(spec_of(scheme, **kw), seed=5), build(spec_of(scheme, **kw, kv_chunks=chunks), seed=5)
+    plain = build(spec_of(scheme, **kw), seed=5)
+    split = build(spec_of(scheme, **kw, kv_chunks=chunks), seed=5, batch_apart=apart)
     rng = np.random.default_rng(batch * 100 + context)
     feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
              for i in plain.graph.input}  # fmt: skip
@@ -53,8 +56,9 @@ def test_split_graph_equals_the_plain_graph(scheme, part, batch, context, querie
     parsed = {"MatMul", "Add", "Sub", "Mul", "Div", "Exp", "ReduceMax", "ReduceSum", "ReduceMean", "Pow", "Reshape",
               "Transpose"}  # fmt: skip
     assert {n.op_type for n in split.graph.node} <= parsed
-    assert max(len(v.type.tensor_type.shape.dim) for v in split.graph.value_info
-               if any(n.op_type == "MatMul" and v.name in n.input for n in split.graph.node)) <= 4  # fmt: skip
+    rank = max(len(v.type.tensor_type.shape.dim) for v in split.graph.value_info
+               if any(n.op_type == "MatMul" and v.name in n.input for n in split.graph.node))  # fmt: skip
+    assert rank == 5 if apart else rank <= 4
 
 
 @pytest.mark.parametrize(("model", "scheme"), [(m, s) for m in ("deepseek-v3", "deepseek-v2-lite")
@@ -69,6 +73,17 @@ def test_counts_are_the_plain_graphs_and_the_partials_their_closed_form(model, s
     c, s = count(plain), count(split)
     for key in ("macs", "macs_causal", "bytes", "elements"):
         assert s[key] == c[key], key
+    apart = build(base.model_copy(update={"kv_chunks": chunks}), batch_apart=True)
+    a = count(apart)  # the other layout: the same counts, compute node by compute node (the views differ)
+
+    def work(counts):
+        return [
+            (n["name"], n["macs"], n["io_bytes"]) for n in counts["nodes"] if n["op"] not in ("Reshape", "Transpose")
+        ]
+
+    assert work(a) == work(s)
+    assert all(a[k] == s[k] for k in ("macs", "macs_causal", "bytes", "elements", "bytes_layer_by_layer"))
+    assert partial_elements(apart) == partial_elements(split)
     e = s["elements"]
     forms = cf.Forms(s["macs"], e["weights"], e["kv_read"], e["kv_write"], e["activations"])
     assert forms == cf.decode(m, scheme, batch, context, base.group_kv_heads, Q=queries)

@@ -212,8 +212,8 @@ def split_kv_graphs(onnx_path: Path, hw: Hardware, workdir: Path) -> Iterator[tu
             yield onnx_path, 1
             continue
         split = spec.model_copy(update={"kv_chunks": chunks})
-        try:
-            path = export(split, workdir / f"{split.slug}.onnx")
+        try:  # B > 1: batch and K/V heads as separate axes, which Stream can fuse (split_kv.py's layout note)
+            path = export(split, workdir / f"{split.slug}.onnx", batch_apart=spec.batch > 1)
         except SpecError:  # no split-KV form (e.g. mla-sparse): the plain graph
             yield onnx_path, 1
             return
@@ -230,9 +230,9 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
               bytes_per_element: int) -> tuple[object, Path, dict, str]:  # fmt: skip
     """(estimate, its folder, counts of the graph Stream ran, note) of the fused-attention strategy: the split-KV
     graphs of `split_kv_graphs` in turn until one's mapping fits, then the plain graph (its attention core fused
-    whole). Stream cannot lower a split graph whose query layout it materializes inside the core (a FusionEdge: it
-    then splits the workload into one group more than the mapping has; e.g. per-head recompute decode, whose q heads
-    are merged with the batch): the next candidate runs."""
+    whole). Stream cannot lower a split graph whose layout it materializes inside the core (a FusionEdge: it then
+    splits the workload into one group more than the mapping has; the split graphs keep B and the heads apart for
+    that, split_kv.py): the next candidate runs."""
     failure, tried = None, set()
     for split, chunks in (*split_kv_graphs(onnx_path, hw, workdir), (onnx_path, 1)):
         if chunks in tried:

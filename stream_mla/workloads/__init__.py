@@ -156,15 +156,17 @@ def make_spec(**fields) -> WorkloadSpec:
         raise first_error(exc, as_flags=True) from None
 
 
-def build(spec: WorkloadSpec, seed: int | None = None) -> onnx.ModelProto:
-    """The layer's ONNX graph; seed=None gives shapes mode (data-less weights), else numeric fp32 weights."""
+def build(spec: WorkloadSpec, seed: int | None = None, batch_apart: bool = False) -> onnx.ModelProto:
+    """The layer's ONNX graph; seed=None gives shapes mode (data-less weights), else numeric fp32 weights.
+    batch_apart: a split-KV graph with B and the K/V heads as separate axes (rank-5 products: what Stream can fuse at
+    B > 1; ZigZag parses rank <= 4 only, so the default export keeps them merged; split_kv.py)."""
     m = spec.layer_model
     if seed is not None and set(spec.precisions.values()) != {"fp32"}:
         got = "/".join(dict.fromkeys(spec.precisions.values()))
         raise SpecError(f"--precision: random weights are computed in fp32 (got {got}; allowed: fp32)")
     b = GraphBuilder(spec.precisions, graph_factors(m, seed) if seed is not None else None)
     shape = schemes.Shape(batch=spec.batch, queries=spec.query_tokens, keys=spec.keys, decode=spec.phase == "decode",
-                          chunks=spec.chunks)  # fmt: skip
+                          chunks=spec.chunks, batch_apart=batch_apart)  # fmt: skip
     if spec.part == "core":
         y = spec.scheme_record.core(b, m, shape)
     else:
@@ -189,8 +191,8 @@ def build(spec: WorkloadSpec, seed: int | None = None) -> onnx.ModelProto:
     return b.build(y, spec.slug.replace("-", "_").replace(".", "_"), meta)
 
 
-def export(spec: WorkloadSpec, path: str | Path, seed: int | None = None) -> Path:
+def export(spec: WorkloadSpec, path: str | Path, seed: int | None = None, batch_apart: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build(spec, seed), path)
+    onnx.save(build(spec, seed, batch_apart), path)
     return path

@@ -25,6 +25,7 @@ class Shape:
     keys: int  # T: the cache entries read for decode (L, or the window's share of it), S for prefill
     decode: bool
     chunks: int = 1  # split-KV decode: the cache read in C chunks of T/C keys, then combined (split_kv.py)
+    batch_apart: bool = False  # split-KV: B and the K/V heads as separate axes (rank-5 products, for Stream)
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
@@ -74,14 +75,16 @@ def kv_view(b: GraphBuilder, name: str, cache: str) -> str:
     return b.reshape(name, cache, b.shapes[cache])
 
 
-def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, causal: bool, chunks: int = 1) -> str:
+def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, causal: bool,
+              split: Shape | None = None) -> str:  # fmt: skip
     """softmax(sum_i q_i @ k_i^T) @ values. Each term is (score node name, q [B,G',r,d], k [B,G',T,d]);
     every score is reshaped to the first term's [B, G, g*Sq, T] layout before the sum. The block is dense
     (no mask, engines.md #9); `causal` marks its query-key nodes, whose MACs the counter scales to the pairs a
     causal (and windowed) attention really computes. chunks > 1: the split-KV form (`split_kv.attention`, same
-    result and MACs), whose keys and values may also come pre-chunked as [B, G', C, T/C, d]."""
-    if chunks > 1:
-        return split_kv.attention(b, terms, values, causal, chunks)
+    result and MACs), whose keys and values may also come pre-chunked as [B, G', C, T/C, d]. `split`: the layer's
+    Shape, whose chunks (and batch_apart) choose that form; None or one chunk: the plain form."""
+    if split is not None and split.chunks > 1:
+        return split_kv.attention(b, terms, values, causal, split.chunks, split.batch_apart)
     scores = []
     for name, q, k in terms:
         kt = b.transpose(f"{name}_kt", k, (0, 1, 3, 2))
@@ -157,7 +160,7 @@ def build_mha(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
     else:
         k, v = b.split_heads("k_heads", k_new, kv_heads), b.split_heads("v_heads", v_new, kv_heads)
         side = []
-    ctx = attention(b, [("scores", qg, k)], v, causal=True, chunks=s.chunks)
+    ctx = attention(b, [("scores", qg, k)], v, causal=True, split=s)
     y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * dh)
     return finish(b, y, side)
 
@@ -166,7 +169,7 @@ def latent_attention(b: GraphBuilder, m: ModelSpec, q_lat: str, q_rope: str, c: 
     """A2-A5: MQA over the shared latent; returns o_lat [B, 1, h*Sq, d_c]."""
     qg_rope = group_queries(b, "q_rope_rows", q_rope, m.heads, 1)
     values = kv_view(b, "c_kv_values", c) if s.decode else c
-    return attention(b, [("scores_lat", q_lat, c), ("scores_rope", qg_rope, kr)], values, causal=True, chunks=s.chunks)
+    return attention(b, [("scores_lat", q_lat, c), ("scores_rope", qg_rope, kr)], values, causal=True, split=s)
 
 
 def build_mla_absorb(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
@@ -220,7 +223,7 @@ def build_mla_recompute(b: GraphBuilder, m: ModelSpec, x: str, s: Shape, write_e
             b.mark_kv_write(t, copies)
     qn = group_queries(b, "q_nope_heads", q_nope, h, h)
     qr = group_queries(b, "q_rope_rows", q_rope, h, 1)  # shared RoPE key: one K head, heads as rows
-    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, chunks=s.chunks)
+    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, split=s)
     y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * m.v_head_dim)
     return finish(b, y, side)
 
@@ -239,7 +242,7 @@ def build_mla_naive(b: GraphBuilder, m: ModelSpec, x: str, s: Shape) -> str:
     kr = b.input("k_rope_cache", (s.batch, h, s.keys, dr))
     v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, h, s.keys, dv)))
     qn, qr = group_queries(b, "q_nope_heads", q_nope, h, h), group_queries(b, "q_rope_heads", q_rope, h, h)
-    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, chunks=s.chunks)
+    ctx = attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, split=s)
     y = o_proj(b, m, ungroup(b, "ctx_merged", ctx, s.queries), h * dv)
     return finish(b, y, [k_new, v_new, kr_new])
 
@@ -294,7 +297,7 @@ def core_mha(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
     q = b.input("q", (s.batch, kv, g * s.queries, dh), cls="activations")
     k = b.input("k_cache", (s.batch, kv, s.keys, dh))
     v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, kv, s.keys, dh)))
-    return attention(b, [("scores", q, k)], v, causal=True, chunks=s.chunks)
+    return attention(b, [("scores", q, k)], v, causal=True, split=s)
 
 
 def core_latent(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
@@ -305,7 +308,7 @@ def core_latent(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
     c = b.input("c_kv_cache", (s.batch, 1, s.keys, m.kv_lora_rank))
     kr = b.input("k_rope_cache", (s.batch, 1, s.keys, m.qk_rope_head_dim))
     terms = [("scores_lat", q_lat, c), ("scores_rope", q_rope, kr)]
-    return attention(b, terms, kv_view(b, "c_kv_values", c), causal=True, chunks=s.chunks)
+    return attention(b, terms, kv_view(b, "c_kv_values", c), causal=True, split=s)
 
 
 def core_naive(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
@@ -315,7 +318,7 @@ def core_naive(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
     qr = b.input("q_rope", (s.batch, h, s.queries, dr), cls="activations")
     k, kr = b.input("k_nope_cache", (s.batch, h, s.keys, dn)), b.input("k_rope_cache", (s.batch, h, s.keys, dr))
     v = kv_view(b, "v_cache_view", b.input("v_cache", (s.batch, h, s.keys, dv)))
-    return attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, chunks=s.chunks)
+    return attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, split=s)
 
 
 def core_recompute(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
@@ -327,7 +330,7 @@ def core_recompute(b: GraphBuilder, m: ModelSpec, s: Shape) -> str:
     c = b.input("c_kv_cache", (s.batch, 1, s.keys, m.kv_lora_rank))
     kr = b.input("k_rope_cache", (s.batch, 1, s.keys, dr))
     k, v, _, _ = reprojected_kv(b, m, c, s)
-    return attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, chunks=s.chunks)
+    return attention(b, [("scores_nope", qn, k), ("scores_rope", qr, kr)], v, causal=True, split=s)
 
 
 # ---- DeepSeek sparse attention (mla-sparse, DeepSeek-V3.2) ---------------------------------------------------------

@@ -11,7 +11,11 @@ the combine is vector work and the partials (o_c, m_c, l_c) are its on-chip traf
 Layout, from the engines' rules (engines.md first section, §5.2, §11): MatMuls stay rank 4 (ZigZag rejects rank 5)
 and carry the chunk axis on their first input (ZigZag reads the batch axes off it, so a query broadcast over the
 chunks there would be costed once): each K/V head group is `[B*G, C, T/C, d]` (a pure reshape of the cache), the
-score is computed transposed, `k_c @ q^T -> [B*G, C, T/C, r]`, and viewed back as `[B*G, C, r, T/C]`. Only
+score is computed transposed, `k_c @ q^T -> [B*G, C, T/C, r]`, and viewed back as `[B*G, C, r, T/C]`. With `apart`
+(what the Stream runner exports for B > 1) B and G stay separate axes, `[B, G, C, T/C, d]` (rank-5 MatMuls): Stream
+folds a reshape merging the score product's batch loop in one operand only (scripts/stream_double_merge.py), so with
+both K and q merging B with G it materialised the query's view inside the attention core, splitting mla-recompute's
+fused group between the re-projection and the scores. Only
 MatMul, Add/Sub/Mul/Div, Exp, ReduceMax/ReduceSum (keepdims, axes as an initializer) and Reshape/Transpose appear;
 Stream needs its Exp parser registered (`stream_mapping.register_parsers`). Node names avoid `_max`/`_exp`/`_sum`,
 the suffixes of Stream's own Softmax pieces.
@@ -41,8 +45,8 @@ def chunk_heads(b: GraphBuilder, name: str, x: str, heads: int) -> str:
     return b.transpose(name, t, (0, 3, 1, 2, 4))
 
 
-def chunked(b: GraphBuilder, name: str, kv: str, chunks: int) -> str:
-    """Keys or values [B, G, T, d] (or pre-chunked [B, G, C, Tc, d]) as [B*G, C, T/C, d]."""
+def chunked(b: GraphBuilder, name: str, kv: str, chunks: int, apart: bool = False) -> str:
+    """Keys or values [B, G, T, d] (or pre-chunked [B, G, C, Tc, d]) as [B*G, C, T/C, d] (apart: [B, G, C, T/C, d])."""
     shape = b.shapes[kv]
     if len(shape) == 5:
         bsz, g, c, tc, d = shape
@@ -53,6 +57,8 @@ def chunked(b: GraphBuilder, name: str, kv: str, chunks: int) -> str:
         if t % chunks:
             raise ValueError(f"{name}: {chunks} chunks do not divide the {t} keys")
         tc = t // chunks
+    if apart:
+        return kv if len(shape) == 5 else b.reshape(name, kv, (bsz, g, chunks, tc, d))
     return b.reshape(name, kv, (bsz * g, chunks, tc, d))
 
 
@@ -62,35 +68,44 @@ def _reduce(b: GraphBuilder, op: str, name: str, x: str, axis: int) -> str:
     return b.node(op, [x, b.constant(f"{name}_axes", [axis])], name, shape, keepdims=1)
 
 
-def _score(b: GraphBuilder, name: str, q: str, k: str, chunks: int, causal: bool) -> str:
-    """One score term as [B*G', C, r', Tc]: computed transposed (k_c @ q^T) so the chunk axis is on the first input."""
+def _lead(bsz: int, g: int, apart: bool) -> tuple[int, ...]:
+    """The leading axes of a split-KV tensor: B*G, or (apart) B and G."""
+    return (bsz, g) if apart else (bsz * g,)
+
+
+def _score(b: GraphBuilder, name: str, q: str, k: str, chunks: int, causal: bool, apart: bool) -> str:
+    """One score term as [B*G', C, r', Tc] (apart: [B, G', C, r', Tc]): computed transposed (k_c @ q^T) so the chunk
+    axis is on the first input."""
     bsz, g, rows, d = b.shapes[q]
-    kc = chunked(b, f"{name}_kc", k, chunks)
-    qt = b.reshape(f"{name}_qt", b.transpose(f"{name}_qt_t", q, (0, 1, 3, 2)), (bsz * g, 1, d, rows))
+    kc = chunked(b, f"{name}_kc", k, chunks, apart)
+    qt = b.reshape(f"{name}_qt", b.transpose(f"{name}_qt_t", q, (0, 1, 3, 2)), (*_lead(bsz, g, apart), 1, d, rows))
     st = b.matmul(name, kc, qt)  # [B*G', C, Tc, r']
     if causal:
         b.mark_causal(st)
-    return b.transpose(f"{name}_t", st, (0, 1, 3, 2))
+    lead = len(b.shapes[st]) - 3
+    return b.transpose(f"{name}_t", st, (*range(lead), lead, lead + 2, lead + 1))
 
 
 def _regroup(b: GraphBuilder, name: str, s: str, batch: int, groups: int, target: tuple[int, ...]) -> str:
-    """A score of G' groups [B*G', C, (G/G')*r, Tc] (rows head-major) in the first term's [B*G, C, r, Tc]."""
-    _, c, rows_in, tc = b.shapes[s]
-    _, _, rows, _ = target
+    """A score of G' groups [B*G', C, (G/G')*r, Tc] (or [B, G', C, (G/G')*r, Tc]; rows head-major) in the first
+    term's [B*G, C, r, Tc] (or [B, G, C, r, Tc])."""
+    c, rows_in, tc = b.shapes[s][-3:]
+    rows = target[-2]
     per = rows_in // rows  # G / G'
     t = b.reshape(f"{name}_split", s, (batch, groups, c, per, rows, tc))
     t = b.transpose(f"{name}_t", t, (0, 1, 3, 2, 4, 5))
     return b.reshape(name, t, target)
 
 
-def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, causal: bool, chunks: int) -> str:
+def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, causal: bool, chunks: int,
+              apart: bool = False) -> str:  # fmt: skip
     """schemes.attention with the keys split into `chunks`: softmax(sum_i q_i k_i^T) @ values, returned as the plain
     graph's [B, G, g*Sq, d_v]. Terms are (score node name, q [B, G', r, d], k [B, G', T, d] or pre-chunked
-    [B, G', C, Tc, d]); values likewise."""
+    [B, G', C, Tc, d]); values likewise. apart: B and G as separate axes (see the module's layout note)."""
     batch = b.shapes[terms[0][1]][0]
     scores = []
     for name, q, k in terms:
-        s = _score(b, name, q, k, chunks, causal)
+        s = _score(b, name, q, k, chunks, causal, apart)
         if scores and b.shapes[s] != b.shapes[scores[0]]:
             s = _regroup(b, f"{name}_r", s, batch, b.shapes[q][1], b.shapes[scores[0]])
         scores.append(s)
@@ -101,17 +116,18 @@ def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, c
     m_c = _reduce(b, "ReduceMax", "chunk_m", total, -1)  # [B*G, C, r, 1]
     p = b.node("Exp", [b.node("Sub", [total, m_c], "chunk_shift", b.shapes[total])], "chunk_p", b.shapes[total])
     l_c = _reduce(b, "ReduceSum", "chunk_l", p, -1)
-    o_c = b.matmul("ctx", p, chunked(b, "ctx_values", values, chunks))  # [B*G, C, r, d_v]
+    o_c = b.matmul("ctx", p, chunked(b, "ctx_values", values, chunks, apart))  # [B*G, C, r, d_v]
     if causal:
         b.mark_causal(o_c)
     # the combine: rescale each chunk to the global max and normalise once
-    m = _reduce(b, "ReduceMax", "combine_m", m_c, 1)  # [B*G, 1, r, 1]
+    axis = 2 if apart else 1  # the chunks
+    m = _reduce(b, "ReduceMax", "combine_m", m_c, axis)  # [B*G, 1, r, 1]
     a = b.node("Exp", [b.node("Sub", [m_c, m], "combine_shift", b.shapes[m_c])], "combine_a", b.shapes[m_c])
-    o = _reduce(b, "ReduceSum", "combine_o", b.mul("combine_oa", a, o_c), 1)  # [B*G, 1, r, d_v]
-    den = _reduce(b, "ReduceSum", "combine_l", b.mul("combine_la", a, l_c), 1)  # [B*G, 1, r, 1]
+    o = _reduce(b, "ReduceSum", "combine_o", b.mul("combine_oa", a, o_c), axis)  # [B*G, 1, r, d_v]
+    den = _reduce(b, "ReduceSum", "combine_l", b.mul("combine_la", a, l_c), axis)  # [B*G, 1, r, 1]
     out = b.node("Div", [o, den], "combine", b.shapes[o])
-    groups = b.shapes[scores[0]][0] // batch
-    _, _, rows, dv = b.shapes[out]
+    groups = math.prod(b.shapes[scores[0]][:axis]) // batch
+    rows, dv = b.shapes[out][-2:]
     return b.reshape("ctx_chunks_out", out, (batch, groups, rows, dv))
 
 
