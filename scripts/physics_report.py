@@ -27,7 +27,7 @@ import onnx
 import pandas as pd
 
 from stream_mla.claims import step_name, weight_rereads
-from stream_mla.engines.stream_mapping import attention_core
+from stream_mla.engines.stream_mapping import attention_core, weight_products
 from stream_mla.errors import SpecError
 from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import PRESETS
@@ -73,14 +73,18 @@ def cause(row: dict) -> str:
 
 def serial_bound(p: SweepPoint, row: dict, tmp: Path) -> float:
     """Seconds if the steps Stream runs one after another (engines.md trap 9) each took their own roofline: the
-    attention core one step under fused-attention, every other compute node a step of its own, each exchanging
+    attention core one step under fused-attention, each weight product and its reader one step under either fixed
+    mapping (`stream_mapping.weight_products`), every other compute node a step of its own, each exchanging
     through DRAM what crosses its boundary (`counts.step_counts`). The layer's roofline overlaps compute and
     memory across the whole layer; this overlaps them only within a step, so latency / this is what is left once
     Stream's serialization is granted. A reference, not a proven floor: Stream may keep a tensor on-chip between
     steps (no row of the acceptance grid is below it; lowest 1.0003x)."""
     path = export(p.workload(), tmp / f"{p.platform}-{p.scheme}-{p.context}-{p.batch}.onnx")
     core = attention_core(path)[0] if row["strategy"] == "fused-attention" else []
-    steps = step_counts(onnx.load(str(path)), dict.fromkeys(core, "attention core"))
+    step_of = dict.fromkeys(core, "attention core")
+    if row["strategy"] in ("fused-attention", "fixed-mapping"):  # both run each weight product with its reader
+        step_of.update({n: product for product, reader in weight_products(path) for n in (product, reader)})
+    steps = step_counts(onnx.load(str(path)), step_of)
     flop, bw = row["peak_flop_per_s"], row["dram_bytes_per_s"]
     return sum(max(2 * macs / flop, nbytes / bw) for macs, nbytes in steps.values())
 
