@@ -20,14 +20,11 @@ reused (`--db results/results.sqlite`). Prints Markdown; `--json` writes the row
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
-import onnx
 import pandas as pd
 
 from stream_mla.claims import step_name, weight_rereads
-from stream_mla.engines.stream_mapping import attention_core, weight_products
 from stream_mla.errors import SpecError
 from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import PRESETS
@@ -35,8 +32,8 @@ from stream_mla.sweeps.points import SweepPoint
 from stream_mla.sweeps.runner import run_sweep
 from stream_mla.sweeps.spec import SweepSpec
 from stream_mla.sweeps.store import ResultStore
-from stream_mla.workloads import export, registry
-from stream_mla.workloads.counts import step_counts
+from stream_mla.workloads import build, registry
+from stream_mla.workloads.steps import serial_bound_s
 
 TARGET = {"memory": 1.15, "compute": 1.35}  # x the roofline (issue 8)
 DRAM_TARGET = 1.05  # engine DRAM / analytic
@@ -71,22 +68,12 @@ def cause(row: dict) -> str:
     return "; ".join(parts)
 
 
-def serial_bound(p: SweepPoint, row: dict, tmp: Path) -> float:
-    """Seconds if the steps Stream runs one after another (engines.md trap 9) each took their own roofline: the
-    attention core one step under fused-attention, each weight product and its reader one step under either fixed
-    mapping (`stream_mapping.weight_products`), every other compute node a step of its own, each exchanging
-    through DRAM what crosses its boundary (`counts.step_counts`). The layer's roofline overlaps compute and
-    memory across the whole layer; this overlaps them only within a step, so latency / this is what is left once
-    Stream's serialization is granted. A reference, not a proven floor: Stream may keep a tensor on-chip between
-    steps (no row of the acceptance grid is below it; lowest 1.0003x)."""
-    path = export(p.workload(), tmp / f"{p.platform}-{p.scheme}-{p.context}-{p.batch}.onnx")
-    core = attention_core(path)[0] if row["strategy"] == "fused-attention" else []
-    step_of = dict.fromkeys(core, "attention core")
-    if row["strategy"] in ("fused-attention", "fixed-mapping"):  # both run each weight product with its reader
-        step_of.update({n: product for product, reader in weight_products(path) for n in (product, reader)})
-    steps = step_counts(onnx.load(str(path)), step_of)
-    flop, bw = row["peak_flop_per_s"], row["dram_bytes_per_s"]
-    return sum(max(2 * macs / flop, nbytes / bw) for macs, nbytes in steps.values())
+def serial_bound(p: SweepPoint, row: dict) -> float:
+    """The row's serial bound (`workloads.steps`: the steps its strategy runs in turn, each at its own roofline), as
+    stored; computed for a row of an older code version that did not store it."""
+    if row.get("serial_s"):
+        return row["serial_s"]
+    return serial_bound_s(build(p.workload()), row["strategy"], row["peak_flop_per_s"], row["dram_bytes_per_s"])
 
 
 def skipped(row: dict) -> str:
@@ -153,7 +140,6 @@ def main() -> int:
     print("| platform | scheme | L | B | winner | x roofline | x serial bound | DRAM / analytic | bound | hotspot "
           "(share of cycles, MAC util) | skipped | wall (s) |")  # fmt: skip
     print("|---|---|---:|---:|---|---:|---:|---:|---|---|---|---:|")
-    tmp = Path(tempfile.mkdtemp(prefix="physics-"))
     missed, failed = [], []
     for p, row in zip(points, rows, strict=True):
         where = f"| {p.platform} | {p.scheme} | {p.context} | {p.batch} |"
@@ -164,7 +150,7 @@ def main() -> int:
             failed.append(f"- {p.platform} {p.scheme} L={p.context} B={p.batch}: {row.get('error')}")
             print(f"{where} failed | | | | | | | |")
             continue
-        row["serial"] = row["latency_s"] / serial_bound(p, row, tmp)
+        row["serial"] = row["latency_s"] / serial_bound(p, row)
         star = "*" if row.get("stale") else ""
         print(f"{where} {row['strategy']}{star} | {row['latency_s'] / row['roofline_s']:.3f} | {row['serial']:.3f} | "
               f"{row['engine_dram_bytes'] / row['dram_bytes']:.3f} | {row['bound']} | {step_name(row['hotspot'])} "

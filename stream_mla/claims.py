@@ -231,11 +231,37 @@ def _headline(r: pd.Series) -> str:
     """An engine row's departure from the roofline in a few words: its time and bytes against the analytic ones,
     and the step that re-fetched most (else the step that took most cycles)."""
     parts = [f"{r['latency_s'] / r['roofline_s']:.2f}x its roofline"]
+    if (serial := _serial(r)) is not None:
+        parts.append(f"{r['latency_s'] / serial:.2f}x its serial bound")
     if pd.notna(r.get("engine_dram_bytes")) and r["dram_bytes"]:
         parts.append(f"{r['engine_dram_bytes'] / r['dram_bytes']:.2f}x the analytic bytes")
     hot = pd.notna(r.get("hotspot")) and r["hotspot"] and pd.notna(r.get("hotspot_mac_util"))
     extra = _refetch(r) or (f"{step_name(r['hotspot'])} at {r['hotspot_mac_util']:.0%} of peak MAC/s" if hot else "")
     return ", ".join([*parts, extra] if extra else parts)
+
+
+def _serial(r: pd.Series) -> float | None:
+    """An engine row's serial bound (s): its strategy's steps in turn, each at its own roofline (workloads/steps.py)."""
+    v = r.get("serial_s")
+    return float(v) if v is not None and pd.notna(v) and v > 0 else None
+
+
+SERIAL_CAUSE = (
+    "the roofline overlaps one step's compute with another's DRAM traffic across the whole layer, while Stream runs "
+    "its fused groups one after another (engines.md trap 9), as a GPU runs one kernel after another"
+)
+
+
+def _serial_verdict(measured: float, serial: float, roof: float, predicted, relation: str, tol: float,
+                    what: str) -> str:  # fmt: skip
+    """Whether the serial bound, the analytic model of steps run in turn, gives the engine's verdict: a sentence
+    with the quantity on the layer's roofline, on the serial bound and in the engine."""
+    if not np.isfinite(serial):
+        return ""
+    numbers = f"{what} is {roof:.2f} on the roofline, {serial:.2f} on the serial bound and {measured:.2f} in the engine"
+    if holds(serial, predicted, relation, tol) == holds(measured, predicted, relation, tol):
+        return f" Steps in turn explain it: {numbers}; {SERIAL_CAUSE}."
+    return f" Steps in turn do not explain it: {numbers}."
 
 
 def _elements(r: pd.Series, col: str) -> float:
@@ -381,7 +407,8 @@ def _c2_oi(a: pd.DataFrame, L: int, scheme: str, pred: float) -> Check:
 
 # ---------------------------------------------------------------------------------------------- C3
 PAIR_KEYS = ["engine", "model", "platform", "bw_scale", "batch", "context"]
-PAIR_COLUMNS = ["t_x", "t_y", "key_x", "key_y", "oi_x", "ridge", "bound_y", "rstar", "why_x", "why_y"]
+PAIR_COLUMNS = ["t_x", "t_y", "s_x", "s_y", "r_x", "r_y", "key_x", "key_y", "oi_x", "ridge", "bound_y", "rstar",
+                "why_x", "why_y"]  # fmt: skip
 
 
 def _lstar(a: pd.DataFrame, model: str, batch: int, ridge: float) -> float | None:
@@ -397,14 +424,18 @@ def _lstar(a: pd.DataFrame, model: str, batch: int, ridge: float) -> float | Non
 
 
 def _pair_groups(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """One row per point holding both schemes: their latencies and keys, X's OI, Y's bound, R* = F_X / Q_Y, and
-    why each row departs from the roofline."""
+    """One row per point holding both schemes: their latencies, serial bounds (NaN for analytic rows), rooflines and
+    keys, X's OI, Y's bound, R* = F_X / Q_Y, and why each row departs from the roofline."""
+    if "serial_s" not in df:  # a table of an older store version
+        df = df.assign(serial_s=np.nan)
     px, py = (df[df["scheme"] == s].drop_duplicates(PAIR_KEYS).set_index(PAIR_KEYS) for s in (x, y))
     j = px.add_suffix("_x").join(py.add_suffix("_y"), how="inner")
     if j.empty:
         return pd.DataFrame(columns=[*PAIR_KEYS, *PAIR_COLUMNS])
     return pd.DataFrame({
-        "t_x": j["latency_s_x"], "t_y": j["latency_s_y"], "key_x": j["key_x"], "key_y": j["key_y"],
+        "t_x": j["latency_s_x"], "t_y": j["latency_s_y"], "s_x": j["serial_s_x"].astype(float),
+        "s_y": j["serial_s_y"].astype(float), "r_x": j["roofline_s_x"], "r_y": j["roofline_s_y"],
+        "key_x": j["key_x"], "key_y": j["key_y"],
         "oi_x": j["oi_x"], "ridge": j["ridge_x"], "bound_y": j["bound_y"], "rstar": 2 * j["macs_x"] / j["dram_bytes_y"],
         "why_x": px.apply(_headline, axis=1).reindex(j.index), "why_y": py.apply(_headline, axis=1).reindex(j.index),
     }).reset_index()  # fmt: skip
@@ -457,12 +488,13 @@ def _c3a_lstar(a: pd.DataFrame, platform: str, ridge: float | None, pred: float)
 
 def _c3a_engine(r: pd.Series) -> Check:
     below = r["oi_x"] <= r["ridge"]
-    ratio, side = r["t_x"] / r["t_y"], "below" if below else "above"
+    ratio, side, relation = r["t_x"] / r["t_y"], "below" if below else "above", "≈" if below else ">"
+    serial = _serial_verdict(ratio, r["s_x"] / r["s_y"], r["r_x"] / r["r_y"], 1.0, relation, TIE, "T_rc/T_abs")
     return _check(
-        "C3a", f"T_rc/T_abs {side} L*, {_at(r)}", r["engine"], ratio, 1.0, "≈" if below else ">", TIE,
+        "C3a", f"T_rc/T_abs {side} L*, {_at(r)}", r["engine"], ratio, 1.0, relation, TIE,
         evidence=_pair_evidence(r, "mla-recompute", "mla-absorb"),
         reason=lambda: f"{r['engine']} recompute takes {ratio:.2f}x absorb's time {side} L* (recompute "
-        f"{r['why_x']}; absorb {r['why_y']}).",
+        f"{r['why_x']}; absorb {r['why_y']}).{serial}",
     )  # fmt: skip
 
 
@@ -525,12 +557,14 @@ def _pair_flip(cid: str, pw: pd.DataFrame) -> Check:
 def _pair_engine(cid: str, r: pd.Series) -> Check:
     x, y, _, _ = PAIRS[cid]
     x_pred = r["ridge"] >= r["rstar"]
-    v = r["t_y"] / r["t_x"]
+    v, relation = r["t_y"] / r["t_x"], "≥" if x_pred else "<"
+    what = f"T_{short(y)}/T_{short(x)}"
+    serial = _serial_verdict(v, r["s_y"] / r["s_x"], r["r_y"] / r["r_x"], 1.0, relation, 0.0, what)
     return _check(
-        cid, f"T_{short(y)}/T_{short(x)} {_at(r)} (R = {r['ridge']:.0f}, R* = {r['rstar']:.0f} FLOP/B)", r["engine"],
-        v, 1.0, "≥" if x_pred else "<", 0.0, evidence=_pair_evidence(r, x, y),
+        cid, f"{what} {_at(r)} (R = {r['ridge']:.0f}, R* = {r['rstar']:.0f} FLOP/B)", r["engine"],
+        v, 1.0, relation, 0.0, evidence=_pair_evidence(r, x, y),
         reason=lambda: f"{r['engine']}: {short(y if x_pred else x)} wins on {_at(r)} against the R* rule ({short(x)} "
-        f"{r['why_x']}; {short(y)} {r['why_y']}).",
+        f"{r['why_x']}; {short(y)} {r['why_y']}).{serial}",
     )  # fmt: skip
 
 
@@ -554,10 +588,15 @@ def _c4_growth(g: pd.DataFrame, engine: str, platform: str) -> list[Check]:
 def _c4_growth_of(s: str, t1: pd.Series, t32: pd.Series, engine: str, platform: str) -> Check:
     rel, bound = C4_GROWTH_TEST[s]
     v = t32["latency_s"] / t1["latency_s"]
-    why = "" if engine == ANALYTIC else f" (at 32k: {_headline(t32)})"
+    why = serial = ""
+    if engine != ANALYTIC:
+        why = f" (at 32k: {_headline(t32)})"
+        s1, s32 = _serial(t1), _serial(t32)
+        if s1 and s32:
+            serial = _serial_verdict(v, s32 / s1, t32["roofline_s"] / t1["roofline_s"], bound, rel, 0.0, "T(32k)/T(1k)")
     return _check("C4", f"T(32k)/T(1k) of {short(s)} on {platform}, V3 B=1 (§8.2 quotes {C4_GROWTH[s]:.2f})",
                   engine, v, bound, rel, 0.0, (_ev(t1, "latency_s"), _ev(t32, "latency_s")),
-                  reason=f"{engine} {short(s)} grows {v:.2f}x from L=1k to 32k on {platform}{why}.",
+                  reason=f"{engine} {short(s)} grows {v:.2f}x from L=1k to 32k on {platform}{why}.{serial}",
                   detail=None if engine == ANALYTIC else lambda: f"L=1k {_util(t1)}; L=32k {_util(t32)}")  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from stream.parser.onnx.model import onnx_parser_for, register_onnx_parser
 from stream.workload.node import HasIterationSpace, NormalizationNode
 from xdsl.ir.affine import AffineDimExpr
 
-from stream_mla.engines.graph_fix import COPY_TAG
+from stream_mla.workloads.steps import MappingError, attention_core, cache_inputs, weight_products
 
 MATRIX_OPS = ("MatMul", "Gemm", "Einsum", "Conv")
 # Elementwise ops our graphs use that Stream 2.1.1 ships no parser for (engines.md §5.5): the split-KV graphs' Exp
@@ -36,10 +36,6 @@ def register_parsers() -> None:
 
 
 register_parsers()  # every Stream call of this package imports this module first
-
-
-class MappingError(ValueError):
-    """The layer cannot be tiled to fit the core's memory."""
 
 
 @dataclass(frozen=True)
@@ -174,96 +170,6 @@ def write_fixed_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_elemen
 # time (as a split kernel walks them), then until a tile fits on-chip: first along the dims that index the cache
 # (batch, K/V heads), then along the query rows of one K/V head (a latent chunk serves all h heads, so a tile of them
 # reads the chunk again).
-COMBINE_PREFIX = "combine"
-
-
-def _graph_nodes(onnx_path: str | Path) -> tuple[list, dict[str, list], dict[str, object]]:
-    g = onnx.load(str(onnx_path), load_external_data=False).graph
-    readers: dict[str, list] = {}
-    for n in g.node:
-        for t in n.input:
-            readers.setdefault(t, []).append(n)
-    return list(g.node), readers, {o: n for n in g.node for o in n.output}
-
-
-def _score_products(probs, producer: dict) -> list:
-    """The MatMuls nearest above the softmax (through its scale, mask and add): the score products q·kᵀ."""
-    found, seen, stack = [], set(), [probs]
-    while stack:
-        n = stack.pop()
-        for t in n.input:
-            m = producer.get(t)
-            if m is None or m.name in seen:
-                continue
-            seen.add(m.name)
-            (found if m.op_type == "MatMul" else stack).append(m)
-    return found
-
-
-def attention_core(onnx_path: str | Path) -> tuple[list[str], list[str]]:
-    """(core, combine): the compute nodes of the graph's attention core and of its split-KV combine (empty for a
-    plain graph), by name. The core is every node that depends on a cache input (prefill, which has none: on a score
-    product) and feeds the context product (the MatMul reading the softmax, or a split-KV graph's per-chunk
-    probabilities)."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    nodes, readers, producer = _graph_nodes(onnx_path)
-    caches = cache_inputs(model)
-    probs = next((n for n in nodes if n.op_type == "Softmax" or n.name == "chunk_p"), None)
-    if probs is None:
-        raise MappingError("fused-attention: the graph has no softmax (no attention core to fuse)")
-    ctx = next(r for r in _through_views(probs.output[0], readers) if r.op_type == "MatMul")
-    from_cache, stack = set(), list(caches)
-    if not caches:  # prefill: K and V are made in the graph; the core starts at the score products
-        scores = _score_products(probs, producer)
-        from_cache = {n.name for n in scores}
-        stack = [t for n in scores for t in n.output]
-    while stack:  # every node downstream of a cache input
-        for n in readers.get(stack.pop(), []):
-            if n.name not in from_cache:
-                from_cache.add(n.name)
-                stack.extend(n.output)
-    feeds, stack = set(), [ctx]
-    while stack:  # ctx and every node upstream of it
-        n = stack.pop()
-        if n.name in feeds:
-            continue
-        feeds.add(n.name)
-        stack.extend(producer[t] for t in n.input if t in producer)
-    inside = from_cache & feeds
-    after, stack = set(), list(ctx.output)
-    while stack:  # every node downstream of ctx
-        for n in readers.get(stack.pop(), []):
-            if n.name not in after:
-                after.add(n.name)
-                stack.extend(n.output)
-    for n in nodes:  # statistics of the core nothing downstream of ctx reads first (a split-KV chunk's l_c)
-        sources = [producer[t] for t in n.input if t in producer]
-        first = n.name not in after and n.op_type != "MatMul" and not n.name.startswith(COMBINE_PREFIX)
-        if first and sources and all(m.name in inside for m in sources):
-            inside.add(n.name)
-    core = [n.name for n in nodes if n.name in inside and n.op_type not in LAYOUT_OPS]
-    combine = [n.name for n in nodes if n.name.startswith(COMBINE_PREFIX) and n.op_type not in LAYOUT_OPS]
-    return core, combine
-
-
-LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
-
-
-def cache_inputs(model) -> list[str]:
-    """The graph inputs that are KV cache (not activations such as x or a core's queries, nor weights), by name."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    activations = set(yaml.safe_load(meta.get("stream_mla.activation_inputs", '["x"]')))
-    weights = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name.split(COPY_TAG)[0] not in activations | weights]
-
-
-def _through_views(tensor: str, readers: dict[str, list]) -> list:
-    out = []
-    for n in readers.get(tensor, []):
-        out += _through_views(n.output[0], readers) if n.op_type in LAYOUT_OPS else [n]
-    return out
-
-
 def _operand_dims(wl, node) -> list[list]:
     """Per operand of a Stream node, the unique dims that index it."""
     dims = wl.get_dims(node)
@@ -386,28 +292,6 @@ def _product_merges(onnx_path: str | Path, wl, stream_hw: dict, bytes_per_elemen
             layers.update((entry["name"], entry) for entry in entries)
             merged.append((product, [product, reader], tiles))
     return merged
-
-
-def weight_products(onnx_path: str | Path) -> list[tuple[str, str]]:
-    """(product, reader) by name: each MatMul both of whose inputs are weights (initializers, through views) whose
-    output (through views) one MatMul alone reads."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    nodes, readers, producer = _graph_nodes(onnx_path)
-    weights = {t.name for t in model.graph.initializer}
-
-    def source(tensor: str) -> str:  # the tensor a chain of views reads
-        while tensor in producer and producer[tensor].op_type in LAYOUT_OPS:
-            tensor = producer[tensor].input[0]
-        return tensor
-
-    pairs = []
-    for n in nodes:
-        if n.op_type != "MatMul" or not all(source(t) in weights for t in n.input):
-            continue
-        reads = _through_views(n.output[0], readers)
-        if len(reads) == 1 and reads[0].op_type == "MatMul":
-            pairs.append((n.name, reads[0].name))
-    return pairs
 
 
 def _product_group(wl, product, reader, matrix: list[Core], bytes_per_element: int) -> tuple[list, list] | None:

@@ -22,6 +22,7 @@ from stream_mla.models import Precision, resolve_name_or_path
 from stream_mla.platforms import PlatformSpec, load_platform
 from stream_mla.workloads import Part, WorkloadSpec, build, make_spec
 from stream_mla.workloads.counts import count, roofline
+from stream_mla.workloads.steps import serial_bound_s
 
 # The registry's sweep names: "stream" runs Stream's strategies in turn (auto); "stream:<strategy>" forces one, as a
 # series of its own
@@ -36,7 +37,7 @@ ROW_COLUMNS = (
     "macs", "macs_causal", "weight_bytes", "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes",
     "oi", "roofline_compute_s", "roofline_memory_s", "roofline_s", "bound", "latency_cycles", "latency_s",
     "energy_pj", "energy_mac_pj", "energy_onchip_memory_pj", "energy_dram_pj", "energy_onchip_transfer_pj",
-    "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings", "layer_by_layer_bytes",
+    "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings", "layer_by_layer_bytes", "serial_s",
     "hotspot", "hotspot_cycle_share", "hotspot_mac_util", "excess_step", "excess_bytes", "strategies",
 )  # fmt: skip
 
@@ -139,7 +140,8 @@ def engine_diagnostics(res: Result, counts: dict, p: PlatformSpec) -> dict:
 def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None = None) -> dict:
     """Cost one point; raises (SpecError, EngineError) on failure. The row has every ROW_COLUMNS entry."""
     spec, p = point.workload(), point.compute_platform()
-    counts = count(build(spec))
+    graph = build(spec)
+    counts = count(graph)
     r = roofline(counts, p.peak_mac_per_s, p.dram_bytes_per_s)
     b = counts["bytes"]
     row = {
@@ -154,8 +156,8 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         "kv_read_bytes": b["kv_read"], "kv_write_bytes": b["kv_write"], "activation_bytes": b["activations"],
         "dram_bytes": b["total"], "oi": counts["operational_intensity"], "roofline_compute_s": r.compute_s,
         "roofline_memory_s": r.memory_s, "roofline_s": r.bound_s, "bound": r.bound,
-        "layer_by_layer_bytes": counts["bytes_layer_by_layer"], "hotspot": None, "hotspot_cycle_share": None,
-        "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None,
+        "layer_by_layer_bytes": counts["bytes_layer_by_layer"], "serial_s": None, "hotspot": None,
+        "hotspot_cycle_share": None, "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None,
     }  # fmt: skip
     engine, strategy = registry.parse(point.engine)
     scratch = workdir is None and engine.runs_in_process  # an engine process writes its files into a folder
@@ -169,6 +171,7 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
                 "strategies": json.dumps(res.strategies, sort_keys=True)})  # fmt: skip
     if res.nodes:  # an engine's own steps: where it departs from the roofline
         row.update(engine_diagnostics(res, counts, p))
+        row["serial_s"] = serial_bound_s(graph, res.strategy, p.peak_flop_per_s, p.dram_bytes_per_s)
     missing = set(ROW_COLUMNS) - set(row)
     assert not missing, f"row lacks {missing}"
     return {c: row[c] for c in ROW_COLUMNS}
