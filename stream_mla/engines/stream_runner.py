@@ -55,10 +55,10 @@ from stream_mla.engines.stream_mapping import (
     write_fused_attention_mapping,
 )
 from stream_mla.workloads.counts import count_file, metadata
+from stream_mla.workloads.steps import FUSED_ATTENTION, MAPPED_STRATEGIES
 
 SOFTMAX_PARTS = ("_max", "_exp", "_sum", "_div")
 DEFAULT_FUSION = "default-fusion"  # Stream's generic mapper with no cut points
-FUSED_ATTENTION = "fused-attention"
 # Fused attention's tries until Stream finds an allocation: (extra tile halvings of the fused group, the fixed part's
 # tiles sized for the smallest compute core's memory, see stream_mapping.fixed_mapping); the fixed mapping's tries
 FUSED_RETRIES = ((0, False), (2, False), (0, True))
@@ -114,7 +114,7 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
     (`engine_speed`)."""
     register_stream_backend()
     engine_speed.install()
-    if strategy in (FUSED_ATTENTION, "fixed-mapping"):
+    if strategy in MAPPED_STRATEGIES:
         out.mkdir(parents=True, exist_ok=True)
         tries = FUSED_RETRIES if strategy == FUSED_ATTENTION else FIXED_RETRIES
         failure: Exception | None = None  # Stream's first refusal names the layer; a retry's own failure does not

@@ -23,7 +23,8 @@ from stream_mla.workloads.counts import step_counts
 
 Graph = onnx.ModelProto | str | Path
 FUSED_ATTENTION = "fused-attention"
-WEIGHT_PRODUCT_STRATEGIES = (FUSED_ATTENTION, "fixed-mapping")  # both run each weight product with its reader
+# the Stream strategies that run a mapping of stream-mla's own: both run each weight product with its reader
+MAPPED_STRATEGIES = (FUSED_ATTENTION, "fixed-mapping")
 
 
 class MappingError(ValueError):
@@ -153,7 +154,7 @@ def steps(graph: Graph, strategy: str) -> dict[str, str]:
     step_of: dict[str, str] = {}
     if strategy == FUSED_ATTENTION:
         step_of = dict.fromkeys(attention_core(model)[0], "attention core")
-    if strategy in WEIGHT_PRODUCT_STRATEGIES:
+    if strategy in MAPPED_STRATEGIES:
         step_of.update({n: product for product, reader in weight_products(model) for n in (product, reader)})
     return step_of
 
