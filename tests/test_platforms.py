@@ -142,8 +142,19 @@ def test_stream_yaml_validates(tmp_path: Path, name: str) -> None:
     port = dram["ports"][0]
     assert port["bandwidth_max"] == p.dram_bits_per_cycle
     assert dram["r_cost"] == pytest.approx(p.dram_pj_per_bit * port["bandwidth_max"])  # trap 5
-    bus = hw["core_connectivity"][-1]
-    assert bus["type"] == "bus" and bus["bandwidth"] == p.dram_bits_per_cycle
+    # What Stream routes on: its core graph keeps one connection per core pair (the last listed). Every on-chip pair
+    # (matrix cores 0..n-1 and the vector core n) has its own link; only the pairs with DRAM (core n+1) share the bus.
+    dram_id = p.cores + 1
+    for a, b, data in acc.cores.edges(data=True):
+        link = data["cl"]
+        if dram_id in (a.id, b.id):
+            assert link.members and len(link.members) == p.cores + 2, (a.id, b.id)  # the one bus, every core on it
+            assert link.bandwidth == p.dram_bits_per_cycle
+        else:
+            assert not link.members and (link.sender, link.receiver) == (a, b), (a.id, b.id)  # a link of its own
+            assert link.bandwidth == p.link_bits_per_cycle
+    on_chip = p.cores + 1
+    assert acc.cores.number_of_edges() == on_chip * (on_chip - 1) + 2 * on_chip  # all on-chip ordered pairs + DRAM
     vector_ops = set(hw["cores"][p.cores]["operator_types"])
     assert {"Add", "Sub", "Mul", "Div", "Pow", "Exp", "Softmax", "ReduceMax", "ReduceSum", "ReduceMean"} <= vector_ops
     assert "MatMul" in hw["cores"][0]["operator_types"]

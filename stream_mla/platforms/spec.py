@@ -89,7 +89,8 @@ class PlatformSpec(BaseModel):
     vector_pj_per_op: NonNegFloat = Field(0.5, description="energy per vector-lane op in pJ")
     dram_gb_s: float = Field(gt=0, le=1e7, description="DRAM bandwidth in GB/s (1e9 B/s)")
     dram_pj_per_bit: NonNegFloat = Field(description="DRAM access energy in pJ/bit")
-    link_bits_per_cycle: Width = Field(4096, description="on-chip core-to-core link width in bits/cycle")
+    link_bits_per_cycle: Width = Field(4096, description="width of the link between every two on-chip cores (a "
+                                       "crossbar) in bits/cycle")  # fmt: skip
     link_pj_per_bit: NonNegFloat = Field(0.1, description="on-chip link energy in pJ/bit")
     static_power_w: float = Field(0.0, ge=0, le=1e6, description="static power in W; engines report dynamic "
                                   "energy only")  # fmt: skip

@@ -3,6 +3,7 @@
 Every memory cost is per access of `bandwidth_max` bits (engines.md trap 5): r_cost = pJ/bit × bandwidth_max.
 """
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,12 @@ def _matrix_core(p: PlatformSpec) -> dict[str, Any]:
 
 
 def _vector_core(p: PlatformSpec) -> dict[str, Any]:
-    """Softmax pieces and elementwise ops run here, in fp32, out of the vector SRAM."""
-    bw = max(512, 32 * p.vector_lanes)  # one fp32 word per lane per cycle
-    ports = [("rw_port_1", "read_write", FILL), ("rw_port_2", "read_write", DRAIN)]
+    """Softmax pieces and elementwise ops run here, in fp32, out of the vector SRAM. Like a SIMD register file it has
+    a read port per input operand and a write port: ZigZag serialises the operands sharing a port whatever its width,
+    so with one read port for both a binary op or a reduction (its input and its partial sum) ran at half the lanes'
+    rate (tests/test_calibration.py)."""
+    bw = max(512, 32 * p.vector_lanes)  # one fp32 word per lane per cycle on each port
+    ports = [("w_port_1", "write", FILL), ("r_port_1", "read", ("I1, tl",)), ("r_port_2", "read", DRAIN[1:])]
     return {
         "name": f"{p.name}_vpu",
         "type": "zigzag.compute",
@@ -124,23 +128,26 @@ def _dram_core(p: PlatformSpec) -> dict[str, Any]:
 
 
 def stream_hardware(p: PlatformSpec) -> dict[str, Any]:
-    """Ring of matrix cores, a link from each to the vector core, and one bus to DRAM at DRAM bandwidth."""
+    """One bus to DRAM at DRAM bandwidth, and a link between every two on-chip cores (matrix cores and the vector
+    core: a crossbar). Stream keeps one connection per core pair, the last one listed (its core graph is a DiGraph
+    built from every pair of every entry): the bus is listed first, so each on-chip pair's link replaces it and only
+    traffic to and from DRAM shares the bus. Listed after the links, the bus took every pair and all on-chip traffic
+    contended with DRAM at DRAM bandwidth (tests/test_platforms.py reads the parsed graph)."""
     n, bw = p.cores, p.link_bits_per_cycle
 
     def link(a: int, b: int) -> dict[str, Any]:
         return {"type": "link", "cores": [a, b], "bandwidth": bw, "unit_energy_cost": _cost(p.link_pj_per_bit, bw)}
 
-    ring = [link(i, (i + 1) % n) for i in range(n if n > 2 else n - 1)]  # 2 cores: one link, not a double edge
-    to_vpu = [link(i, n) for i in range(n)]
     # DRAM energy is in the dram r_cost, so the bus itself is free; its bandwidth matches the dram port.
     bus = {"type": "bus", "cores": list(range(n + 2)), "bandwidth": p.dram_bits_per_cycle, "unit_energy_cost": 0}
+    on_chip = [link(a, b) for a, b in itertools.combinations(range(n + 1), 2)]
     return {
         "name": p.name,
         "offchip_core_id": n + 1,
         "unit_energy_cost": 0,
         "cores": {**{i: _matrix_core(p) for i in range(n)}, n: _vector_core(p), n + 1: _dram_core(p)},
         "core_coordinates": {**{i: [i, 0] for i in range(n)}, n: [0, 1], n + 1: [0, 2]},
-        "core_connectivity": [*ring, *to_vpu, bus],
+        "core_connectivity": [bus, *on_chip],
     }
 
 
