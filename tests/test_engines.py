@@ -126,6 +126,24 @@ def test_shipped_stream_hardware_runs_our_graph():
     assert r.energy_pj > 0 and not r.warnings
 
 
+def test_a_connection_stream_drops_is_a_warning(tmp_path):
+    """A raw YAML listing its bus after a link over the same cores: Stream runs it on the bus alone, and the result
+    says so."""
+    import yaml
+
+    from stream_mla.platforms import stream_hardware
+
+    hw = stream_hardware(PRESETS["edge-npu"])
+    hw["core_connectivity"] = hw["core_connectivity"][::-1]  # the link 0-1 (matrix-vector) first, then the bus
+    path = tmp_path / "bus-last.yaml"
+    path.write_text(yaml.safe_dump(hw))
+    r = evaluate(decode("mla-absorb", context=256), Hardware.from_stream_yaml(path, clock_ghz=0.25))
+    assert [w for w in r.warnings if "carries nothing" in w] == [
+        "core_connectivity[0] (link 0-1) carries nothing: Stream keeps the last connection listed per core pair, "
+        "here core_connectivity[1] (bus 0-1-2); list a bus before the links it should not replace"
+    ]
+
+
 def test_infeasible_pair_names_platform_layer_and_memory(tmp_path):
     tiny = USER_PLATFORM.replace("my-npu", "tiny-npu").replace("4 MiB", "256 KiB").replace("cores: 2", "cores: 1")
     path = tmp_path / "tiny.yaml"

@@ -184,7 +184,11 @@ def test_split_kv_fits_what_no_other_strategy_fits(tmp_path):
     auto = evaluate(lite("mha", context=32768), str(path), workdir=tmp_path / "auto")
     assert auto.latency_cycles == r.latency_cycles and auto.strategy == FUSED_ATTENTION
     assert {k: v["status"] for k, v in auto.strategies.items()} == {
-        FUSED_ATTENTION: "ok", "keep-softmax": "skipped", "fixed-mapping": "skipped", DEFAULT_FUSION: "skipped"}
+        FUSED_ATTENTION: "ok",
+        "keep-softmax": "skipped",
+        "fixed-mapping": "skipped",
+        DEFAULT_FUSION: "skipped",
+    }
     assert auto.strategies["keep-softmax"]["note"].startswith(f"{FUSED_ATTENTION} is already 1.00")  # within 1 %
 
 

@@ -236,3 +236,68 @@ def test_zigzag_gemv_smoke(tmp_path: Path) -> None:
     print(f"gemv edge-npu: {latency:.0f} cycles (DRAM bound {dram_bound:.0f}), dram {per_mem['dram']:.4g} pJ")
     assert dram_bound <= latency <= 1.3 * dram_bound
     assert per_mem["dram"] == pytest.approx(weight_bits * p.dram_pj_per_bit, rel=0.02)
+
+
+def _stream_connections(path: Path) -> set[tuple]:
+    """The connections Stream's parsed core graph holds: ("bus", members) or ("link", the two ends)."""
+    from stream.stages.parsing.accelerator_parser import parse_accelerator
+
+    found = set()
+    for _, _, data in parse_accelerator(str(path)).cores.edges(data=True):
+        link = data["cl"]
+        ends = link.members if link.members else (link.sender, link.receiver)
+        found.add(("bus" if link.members else "link", frozenset(core.id for core in ends)))
+    return found
+
+
+def _stream_examples() -> list[Path]:
+    import stream
+
+    folder = Path(stream.__file__).parent / "inputs" / "examples" / "hardware"
+    return sorted(f for f in folder.glob("*.yaml") if "core_connectivity" in f.read_text())
+
+
+@pytest.mark.parametrize("source", ["preset", "preset, bus last", *[f.name for f in _stream_examples()]])
+def test_shadowed_connections_are_what_stream_drops(tmp_path: Path, source: str) -> None:
+    """`shadowed_connections` names exactly the entries of core_connectivity that Stream's parsed core graph does not
+    hold (it keeps the last entry per core pair). Stream's own tpu_like_quad_core.yaml lists its mesh and its
+    pooling/SIMD links before an all-core bus, so Stream drops all 12 of them."""
+    from stream_mla.engines.hardware import shadowed_connections
+
+    if source.startswith("preset"):
+        hw = stream_hardware(PRESETS["tpu-v5e-like"])
+        if source.endswith("bus last"):  # the layout the presets had before stop 19
+            hw["core_connectivity"] = [*hw["core_connectivity"][1:], hw["core_connectivity"][0]]
+        path = tmp_path / "hw.yaml"
+        path.write_text(yaml.safe_dump(hw))
+    else:
+        path = next(f for f in _stream_examples() if f.name == source)
+        hw = yaml.safe_load(path.read_text())
+    entries = hw["core_connectivity"]
+    dropped = {int(line.split("]")[0].split("[")[1]) for line in shadowed_connections(hw)}
+    held = _stream_connections(path)
+    for index, entry in enumerate(entries):
+        kind = entry.get("type", "link")
+        assert ((kind, frozenset(entry["cores"])) in held) == (index not in dropped), (index, entry)
+    if source == "preset":
+        assert dropped == set()
+    if source == "preset, bus last":
+        assert dropped == set(range(len(entries) - 1))  # every on-chip link
+    if source == "tpu_like_quad_core.yaml":
+        assert len(dropped) == 12
+
+
+def test_reproducer_shows_the_bus_replacing_the_link(capsys) -> None:
+    """scripts/stream_bus_replaces_links.py, the standalone reproducer for Stream's maintainers, shows the trap the
+    generator's ordering avoids (and exits 0 while Stream has it)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "stream_bus_replaces_links.py"
+    spec = importlib.util.spec_from_file_location("stream_bus_replaces_links", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main() == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == ["bus listed last : pair (0, 1) is joined by a bus of 64 bits/cycle",
+                       "bus listed first: pair (0, 1) is joined by a link of 4096 bits/cycle"]  # fmt: skip
+    assert "tpu_like_quad_core.yaml: 12 of 13 connections replaced by a later bus" in out

@@ -4,6 +4,7 @@ Neither engine knows the clock (engines.md trap 6), and a raw YAML carries no st
 the platform spec, or from the caller for a raw YAML.
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,32 @@ def core_file(hardware_yaml: Path, ref: str) -> Path:
     """A core file named by a hardware YAML: relative to it, or in its cores/ folder (as Stream resolves it)."""
     direct = hardware_yaml.parent / ref
     return direct if direct.exists() else hardware_yaml.parent / "cores" / Path(ref).name
+
+
+def _describe(index: int, connection: dict) -> str:
+    cores = connection.get("cores", [])
+    return f"core_connectivity[{index}] ({connection.get('type', 'link')} {'-'.join(map(str, cores))})"
+
+
+def shadowed_connections(stream: dict) -> list[str]:
+    """One line per connection Stream drops. Its core graph keeps one connection per core pair, the last entry of
+    `core_connectivity` that joins the pair (a DiGraph built from every pair of every entry,
+    stream/parser/accelerator_factory.py `create_core_graph`), so an entry that is last on none of its pairs carries
+    no traffic: a link listed before a bus over the same cores is silently replaced by the bus."""
+    connections = stream.get("core_connectivity") or []
+    last: dict[frozenset, int] = {}
+    for index, connection in enumerate(connections):
+        for pair in itertools.combinations(connection.get("cores", []), 2):
+            last[frozenset(pair)] = index
+    lines = []
+    for index, connection in enumerate(connections):
+        pairs = [frozenset(pair) for pair in itertools.combinations(connection.get("cores", []), 2)]
+        winners = sorted({last[pair] for pair in pairs})
+        if pairs and index not in winners:
+            by = ", ".join(_describe(w, connections[w]) for w in winners)
+            lines.append(f"{_describe(index, connection)} carries nothing: Stream keeps the last connection listed "
+                         f"per core pair, here {by}; list a bus before the links it should not replace")  # fmt: skip
+    return lines
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,11 @@ class Hardware:
     @property
     def dram_bytes_per_s(self) -> float:
         return self.dram_bits_per_cycle / 8 * self.clock_ghz * 1e9
+
+    @property
+    def connection_warnings(self) -> list[str]:
+        """The connections of the Stream description that Stream drops (`shadowed_connections`)."""
+        return shadowed_connections(self.stream)
 
     def static_energy_pj(self, cycles: float) -> float:
         return self.static_power_w * cycles / (self.clock_ghz * 1e9) * 1e12

@@ -365,7 +365,7 @@ def evaluate_stream(
         logging.disable(logging.NOTSET)
     if valid:
         best = min(valid, key=lambda r: r.latency_cycles)  # ties: the earlier strategy
-        warnings = [f"strategy {f}" for f in failures] + best.warnings
+        warnings = [f"strategy {f}" for f in failures] + best.warnings + hw.connection_warnings
         return replace(best, engine_wall_s=time.perf_counter() - start, warnings=warnings, strategies=records)
     if below is not None:
         raise EngineBelowPhysics(below_message(hw, onnx_path, failures), *below)
