@@ -35,6 +35,8 @@ PEAK_FRACTION = 0.9  # of peak MAC/s for the GEMM, of DRAM bits/cycle for the GE
 ZIGZAG_GEMM = (4096, 4096, 4096)
 STREAM_GEMM = {name: (2048, 2048, 2048) if name == "edge-npu" else (4096, 4096, 8192) for name in PRESETS}
 GEMV = (1, 8192, 8192)
+# Published FP32 (non-tensor) rates in FLOP/s, from the datasheets: H100/H800/H200 SXM 67 TFLOP/s, H20 44 TFLOP/s.
+PUBLISHED_FP32 = {"h100-like": 67e12, "h800-like": 67e12, "h200-like": 67e12, "h20-like": 44e12}
 VECTOR_TILE = (128, 1024)  # a softmax row block: 128 heads x 1k scores
 VECTOR_CYCLES_PER_OP = {"Add": 1, "Mul": 1, "ReduceMax": 1, "ReduceSum": 1, "Exp": 4}  # Stream's get_cc_per_op
 
@@ -143,3 +145,13 @@ def test_vector_core_runs_at_its_lane_rate(tmp_path, name):
     assert costed.keys() == ideal.keys()
     for op, cycles in costed.items():
         assert ideal[op] <= cycles <= ideal[op] / PEAK_FRACTION, (op, cycles, ideal[op])
+
+
+@pytest.mark.parametrize("name", PUBLISHED_FP32)
+def test_gpu_vector_core_has_the_parts_fp32_rate(name):
+    """The GPU presets' vector core: the largest power-of-two lane count whose FMA rate at the preset's clock stays
+    within the part's published FP32 rate (never above it: the engines would run softmax faster than the part)."""
+    p = PRESETS[name]
+    rate = 2 * p.vector_lanes * p.clock_ghz * 1e9
+    assert p.vector_lanes & (p.vector_lanes - 1) == 0  # a power of two
+    assert rate <= PUBLISHED_FP32[name] < 2 * rate

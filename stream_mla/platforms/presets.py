@@ -15,6 +15,13 @@ the peak MAC/s in both engines (with 1-word files ZigZag stalled about half of e
 0.47-0.50 of peak at 4096^3). On h100-like that is 4.3 MB of weight words per 16.5-SM cluster, an H100's
 256 KB register file per SM. h20-like's SRAM port is as wide as h100-like's (32,768 bits/cycle), at least its
 DRAM port (28,344), so one core can stream a GEMV at the DRAM rate.
+
+Vector unit (the softmax, norms and elementwise work; modelling choice, derived): the GPU presets take the
+published FP32 (non-tensor) rate, 67 TFLOP/s on the Hopper parts and 44 TFLOP/s on H20, as lanes x 2 (an FMA) x the
+preset's clock, rounded down to a power of two: 16,384 lanes on both (the rates give 18,306 and 19,486; ZigZag unrolls
+a power-of-two tile dim over the lanes, so lanes beyond one would sit idle on every op and overstate the rate). Until
+stop 19 they had 2,048 and 1,024 lanes, a fraction of the parts' CUDA cores, which made the one vector core the
+bottleneck of every fused softmax at B = 32 (V3 absorb L = 32k on h100-like: 1.517x the roofline, 1.029x now).
 """
 
 from stream_mla.platforms.spec import PlatformSpec
@@ -30,7 +37,7 @@ _HOPPER = {
     "cols": 264,
     "sram_bytes": 50 * 10**6 // 8,
     "sram_bits_per_cycle": 32768,
-    "vector_lanes": 2048,
+    "vector_lanes": 16384,  # 67 TFLOP/s FP32 / (2 x 1.83 GHz) = 18,306, to a power of two (see above)
     "vector_pj_per_op": 0.5,
     "mac_rate": {"fp8": 2, "int8": 2},  # 1,979 TFLOP/s fp8 and TOP/s int8 dense (datasheet)
     "link_bits_per_cycle": 8192,
@@ -105,7 +112,7 @@ PRESETS: dict[str, PlatformSpec] = {
             cols=128,
             sram_bytes=60 * 10**6 // 8,
             sram_bits_per_cycle=32768,  # was 16,384: below the DRAM port, so one core could not stream at DRAM rate
-            vector_lanes=1024,
+            vector_lanes=16384,  # 44 TFLOP/s FP32 / (2 x 1.129 GHz) = 19,486, to a power of two (see above)
             vector_pj_per_op=0.5,
             mac_rate={"fp8": 2, "int8": 2},  # 296 TFLOP/s fp8 / TOP/s int8 dense
             dram_gb_s=4000,
