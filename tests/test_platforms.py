@@ -259,10 +259,10 @@ def _stream_examples() -> list[Path]:
 
 @pytest.mark.parametrize("source", ["preset", "preset, bus last", *[f.name for f in _stream_examples()]])
 def test_shadowed_connections_are_what_stream_drops(tmp_path: Path, source: str) -> None:
-    """`shadowed_connections` names exactly the entries of core_connectivity that Stream's parsed core graph does not
+    """`dropped_connections` names exactly the entries of core_connectivity that Stream's parsed core graph does not
     hold (it keeps the last entry per core pair). Stream's own tpu_like_quad_core.yaml lists its mesh and its
     pooling/SIMD links before an all-core bus, so Stream drops all 12 of them."""
-    from stream_mla.engines.hardware import shadowed_connections
+    from stream_mla.engines.hardware import dropped_connections
 
     if source.startswith("preset"):
         hw = stream_hardware(PRESETS["tpu-v5e-like"])
@@ -274,7 +274,7 @@ def test_shadowed_connections_are_what_stream_drops(tmp_path: Path, source: str)
         path = next(f for f in _stream_examples() if f.name == source)
         hw = yaml.safe_load(path.read_text())
     entries = hw["core_connectivity"]
-    dropped = {int(line.split("]")[0].split("[")[1]) for line in shadowed_connections(hw)}
+    dropped = set(dropped_connections(hw))
     held = _stream_connections(path)
     for index, entry in enumerate(entries):
         kind = entry.get("type", "link")

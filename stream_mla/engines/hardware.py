@@ -26,25 +26,28 @@ def _describe(index: int, connection: dict) -> str:
     return f"core_connectivity[{index}] ({connection.get('type', 'link')} {'-'.join(map(str, cores))})"
 
 
+def dropped_connections(stream: dict) -> dict[int, list[int]]:
+    """{index of each `core_connectivity` entry Stream drops: the indices of the entries that replace it}. Stream's core
+    graph keeps one connection per core pair, the last entry that joins the pair (a DiGraph built from every pair of
+    every entry, stream/parser/accelerator_factory.py `create_core_graph`), so an entry that is last on none of its
+    pairs carries no traffic: a link listed before a bus over the same cores is silently replaced by the bus."""
+    pairs = [[frozenset(pair) for pair in itertools.combinations(c.get("cores", []), 2)]
+             for c in stream.get("core_connectivity") or []]  # fmt: skip
+    last = {pair: index for index, entry in enumerate(pairs) for pair in entry}
+    dropped = {}
+    for index, entry in enumerate(pairs):
+        winners = sorted({last[pair] for pair in entry})
+        if entry and index not in winners:
+            dropped[index] = winners
+    return dropped
+
+
 def shadowed_connections(stream: dict) -> list[str]:
-    """One line per connection Stream drops. Its core graph keeps one connection per core pair, the last entry of
-    `core_connectivity` that joins the pair (a DiGraph built from every pair of every entry,
-    stream/parser/accelerator_factory.py `create_core_graph`), so an entry that is last on none of its pairs carries
-    no traffic: a link listed before a bus over the same cores is silently replaced by the bus."""
+    """One line per connection Stream drops (`dropped_connections`)."""
     connections = stream.get("core_connectivity") or []
-    last: dict[frozenset, int] = {}
-    for index, connection in enumerate(connections):
-        for pair in itertools.combinations(connection.get("cores", []), 2):
-            last[frozenset(pair)] = index
-    lines = []
-    for index, connection in enumerate(connections):
-        pairs = [frozenset(pair) for pair in itertools.combinations(connection.get("cores", []), 2)]
-        winners = sorted({last[pair] for pair in pairs})
-        if pairs and index not in winners:
-            by = ", ".join(_describe(w, connections[w]) for w in winners)
-            lines.append(f"{_describe(index, connection)} carries nothing: Stream keeps the last connection listed "
-                         f"per core pair, here {by}; list a bus before the links it should not replace")  # fmt: skip
-    return lines
+    return [f"{_describe(index, connections[index])} carries nothing: Stream keeps the last connection listed per core "
+            f"pair, here {', '.join(_describe(w, connections[w]) for w in winners)}; list a bus before the links it "
+            "should not replace" for index, winners in dropped_connections(stream).items()]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,9 @@ def _vector_core(p: PlatformSpec) -> dict[str, Any]:
     so with one read port for both a binary op or a reduction (its input and its partial sum) ran at half the lanes'
     rate (tests/test_calibration.py)."""
     bw = max(512, 32 * p.vector_lanes)  # one fp32 word per lane per cycle on each port
-    ports = [("w_port_1", "write", FILL), ("r_port_1", "read", ("I1, tl",)), ("r_port_2", "read", DRAIN[1:])]
+    first = ("I1, tl",)  # the first operand's reads; the second operand's and the partial sums' on the other port
+    ports = [("w_port_1", "write", FILL), ("r_port_1", "read", first),
+             ("r_port_2", "read", tuple(a for a in DRAIN if a not in first))]  # fmt: skip
     return {
         "name": f"{p.name}_vpu",
         "type": "zigzag.compute",
