@@ -6,10 +6,17 @@ The heavy version (V3 on h100-like and h20-like) is scripts/physics_report.py.""
 import onnx
 import pytest
 
-from stream_mla.engines import Hardware
+from stream_mla.engines import Hardware, stream_mapping, stream_runner
 from stream_mla.engines.result import AUTO_STRATEGIES, STREAM_STRATEGIES
 from stream_mla.engines.stream_guard import BELOW_PHYSICS
-from stream_mla.engines.stream_mapping import MATRIX_OPS, attention_core, compute_cores, fused_attention_mapping
+from stream_mla.engines.stream_mapping import (
+    MATRIX_OPS,
+    PLAN_SAVING,
+    attention_core,
+    attention_plans,
+    compute_cores,
+    fused_attention_mapping,
+)
 from stream_mla.engines.stream_runner import DEFAULT_FUSION, FUSED_ATTENTION, evaluate_stream, stream_graph
 from stream_mla.models import PRESETS as MODELS
 from stream_mla.platforms import PRESETS
@@ -437,3 +444,49 @@ def test_mapping_tries_go_on_past_a_retry_that_cannot_be_made(tmp_path, monkeypa
         stream_runner.run_strategy(edge, tmp_path / "hw.yaml", tmp_path / "g.onnx", tmp_path, FUSED_ATTENTION, 2)
     assert made == [(0, False), (2, False), (0, True)]
     assert [Path(m).stem for m in ran] == ["fused-attention-0", "fused-attention-0-smallest"]
+
+
+V3 = MODELS["deepseek-v3"]
+
+
+def test_recompute_core_plan_reads_each_weight_once(tmp_path):
+    """V3 mla-recompute decode B = 32, L = 1k on h100-like, 8 chunks (no Stream solve: the plans' DRAM estimates
+    against closed forms typed in here). The re-projection reads W_UK and W_UV (c x h x d = 512 x 128 x 128 each),
+    33.6 MB, where a matrix core holds 6.25 MB. The rule of thumb (chunks over the cores, the sequences outermost,
+    the heads tiled innermost) reads both weights again for every sequence; the plan taken splits the heads over the
+    cores (each core reads its 16 heads' weights, the cache reaches all of them at once) with the heads outermost:
+    each weight once, the cache (c + r = 576 per position) once per head tile, 2 tiles. Measured in Stream: the
+    attention core moved 1,116.6 MB under the rule of thumb and 112.2 MB under this plan."""
+    spec = make_spec(model=V3, scheme="mla-recompute", batch=32, context=1024)
+    hw = Hardware.from_platform(PRESETS["h100-like"])
+    split = export(spec.model_copy(update={"kv_chunks": 8}), tmp_path / "c8.onnx", batch_apart=True)
+    plans, chosen = attention_plans(stream_graph(split, tmp_path, fused=True), hw.stream, 2)
+    B, L, h, c, r, d, bf16 = 32, 1024, 128, 512, 64, 128, 2
+    weights, cache, queries = 2 * c * h * d, B * L * (c + r), B * h * (d + r)
+    rule = plans[0]
+    assert [size for size, _ in rule.trips()] == [B, h]  # sequences outermost, the heads innermost
+    assert rule.dram_bytes == bf16 * (B * weights + cache + queries)
+    assert rule.least_bytes == chosen.least_bytes == bf16 * (weights + cache + queries)
+    assert [size for size, _ in chosen.trips()] == [h, B, 8]  # the heads outermost, then sequences, then chunks
+    (_, head_tiles), *_ = chosen.trips()
+    assert head_tiles == 2 and chosen.dram_bytes == bf16 * (weights + head_tiles * cache + queries)
+    assert chosen.rereads and rule.rereads
+
+
+@pytest.mark.parametrize("saving", [PLAN_SAVING, 1.0])
+def test_recompute_moves_its_weights_once_in_stream(tmp_path, monkeypatch, saving):
+    """V3 mla-recompute decode B = 4, L = 512 on h100-like, in Stream: with the plan the search takes, the layer moves
+    within 5 % of its analytic bytes (W_UK and W_UV once, the 2.4 MB cache twice at most); with the rule of thumb
+    alone (PLAN_SAVING = 1: no other plan taken) the re-projection reads the 33.6 MB of W_UK and W_UV again for each
+    sequence after the first (the control: the check can fail)."""
+    monkeypatch.setattr(stream_mapping, "PLAN_SAVING", saving)
+    monkeypatch.setattr(stream_runner, "PLAN_SAVING", saving)
+    spec = make_spec(model=V3, scheme="mla-recompute", batch=4, context=512)
+    r = evaluate_stream(export(spec, tmp_path / "g.onnx"), Hardware.from_platform(PRESETS["h100-like"]), tmp_path,
+                        strategies=(FUSED_ATTENTION,))  # fmt: skip
+    assert r.latency_s >= r.roofline_bound_s and not r.warnings
+    if saving == PLAN_SAVING:
+        assert r.dram_bytes <= r.engine_dram_bytes <= 1.05 * r.dram_bytes
+    else:
+        weights = 2 * 512 * 128 * 128 * 2  # W_UK and W_UV, bf16
+        assert r.engine_dram_bytes >= r.dram_bytes + 3 * weights

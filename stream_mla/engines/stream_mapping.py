@@ -21,6 +21,7 @@ from stream.parser.onnx.model import onnx_parser_for, register_onnx_parser
 from stream.workload.node import HasIterationSpace, NormalizationNode
 from xdsl.ir.affine import AffineDimExpr
 
+from stream_mla.engines.graph_fix import COPY_TAG
 from stream_mla.workloads.steps import MappingError, attention_core, cache_inputs, weight_products
 
 MATRIX_OPS = ("MatMul", "Gemm", "Einsum", "Conv")
@@ -186,11 +187,149 @@ def _group_footprint(wl, nodes, extent: dict, split: dict, bytes_per_element: in
     return sum(seen.values()) * bytes_per_element
 
 
+PLAN_SAVING = 0.05  # another tiling of the attention core replaces the rule of thumb only if it reads this much less
+
+
+@dataclass(frozen=True)
+class CorePlan:
+    """One tiling of the fused attention core: the dim split over the matrix cores (None: one core), each dim's tile
+    across the cores, the temporal loops (outermost first) and the DRAM bytes `_CoreShape.dram_bytes` estimates."""
+
+    split_dim: object
+    extent: dict
+    loops: list
+    dram_bytes: int
+    least_bytes: int  # every input read once
+    sizes: dict
+
+    @property
+    def rereads(self) -> bool:
+        return self.dram_bytes > (1 + PLAN_SAVING) * self.least_bytes
+
+    def trips(self) -> list[tuple[int, int]]:
+        """(size, trip count) of each temporal loop that runs more than once, outermost first."""
+        return [(self.sizes[d], self.sizes[d] // self.extent[d]) for d in self.loops if self.extent[d] < self.sizes[d]]
+
+
+@dataclass(frozen=True)
+class _CoreShape:
+    """What the attention core's tilings are chosen from: its nodes, dim sizes, the split-KV chunk dim (None for a
+    plain graph), the parallel dims besides it (`heads`: sequences, K/V heads, query rows), the dims indexing the
+    cache, the weights its matrix nodes read (mla-recompute's W_UK and W_UV), and the number of matrix cores."""
+
+    wl: object
+    members: list
+    on_matrix: list
+    on_vector: list
+    sizes: dict
+    chunk: object
+    heads: list
+    per_cache: set
+    weights: set
+    n: int
+
+    @property
+    def inputs(self) -> dict[str, list]:
+        """Each tensor the core reads and does not make, with the dims indexing it."""
+        made = {t.name for node in self.members for t in node.outputs}
+        found: dict[str, list] = {}
+        for node in self.members:
+            for tensor, dims in zip(node.tensors, _operand_dims(self.wl, node), strict=True):
+                if tensor.name not in made:
+                    found[tensor.name] = list(dict.fromkeys(dims))
+        return found
+
+    def splits(self) -> list:
+        """Dims to split over the matrix cores, the rule of thumb first: the chunks (each core reads its own part of
+        the cache), else the largest parallel dim that divides, one that indexes the cache first. Then every other
+        parallel dim that divides and indexes each matrix node (the heads: each core reads only its heads' weights,
+        and the cache they share reaches every core at once, Stream multicasting it over the DRAM bus)."""
+        if self.n == 1:
+            return [None]
+        divides = [d for d in ([self.chunk] if self.chunk is not None else []) + self.heads
+                   if self.sizes[d] % self.n == 0]  # fmt: skip
+        if self.chunk in divides:
+            first = self.chunk
+        else:
+            first = max((d for d in self.heads if d in divides), key=lambda d: (d in self.per_cache, self.sizes[d]),
+                        default=None)  # fmt: skip
+            if first is None:
+                raise MappingError(f"fused-attention: no attention dim of {self.sizes.values()} divides over "
+                                   f"{self.n} matrix cores")  # fmt: skip
+        indexes_all = [d for d in divides if all(d in self.wl.get_dims(node) for node in self.on_matrix)]
+        return [first] + [d for d in indexes_all if d != first]
+
+    def plan(self, split_dim, weights_outer: bool, budget: tuple[int, int], bytes_per_element: int,
+             extra_halvings: int) -> CorePlan | None:  # fmt: skip
+        """Temporal tiles: halve the chunks (one chunk per core in a tile), then the dims that index the cache (batch,
+        K/V heads; largest first), then the rest (query rows of one K/V head, largest first), until the matrix
+        cores' tiles fit half their memory and the vector core's half its own. Loops, outermost first: the dims
+        indexing the cache (a sequence, a K/V head), then the chunks, then the query rows sharing a chunk. A chunk
+        stays while its query rows run, and a sequence's chunks and their combine finish before the next sequence
+        starts, so only one tile's split-KV partials are live (chunks outermost, V3 absorb B = 32 L = 32k on
+        h100-like kept every sequence's partials, 5.35 MB, on the 4 MB vector core). weights_outer: the dims
+        indexing the weights outermost instead, so each weight tile is read once and the cache once per weight tile.
+        None where nothing fits or weights_outer changes nothing."""
+        wl, sizes, chunk, per_cache = self.wl, self.sizes, self.chunk, self.per_cache
+        split = {split_dim: self.n} if split_dim is not None and self.n > 1 else {}
+        by_cache = sorted(self.heads, key=lambda d: (d not in per_cache, -sizes[d]))
+        order = ([chunk] if chunk is not None else []) + by_cache
+        extent = dict(sizes)
+
+        def fits() -> bool:
+            sides = ((self.on_matrix, True, budget[0]), (self.on_vector, False, budget[1]))
+            return all(_group_footprint(wl, nodes, extent, split, bytes_per_element, per_core) <= room
+                       for nodes, per_core, room in sides)  # fmt: skip
+
+        halvings = extra_halvings
+        while not fits() or halvings > 0 or (chunk is not None and extent[chunk] > split.get(chunk, 1)):
+            if fits() and (chunk is None or extent[chunk] == split.get(chunk, 1)):
+                halvings -= 1
+            dim = next((d for d in order if extent[d] > split.get(d, 1)), None)
+            if dim is None:
+                return None
+            extent[dim] = _halve(extent[dim] // split.get(dim, 1)) * split.get(dim, 1)
+        loops = [d for d in order if d != chunk and d in per_cache]
+        loops += [d for d in order if d == chunk or d not in per_cache]
+        if weights_outer:
+            indexing = {d for name, dims in self.inputs.items() if name in self.weights for d in dims}
+            tiled = [d for d in loops if d in indexing and extent[d] != sizes[d]]
+            if not tiled:
+                return None
+            loops = [d for d in loops if d in indexing] + [d for d in loops if d not in indexing]
+        least = self.dram_bytes(dict(sizes), [], bytes_per_element)
+        return CorePlan(split_dim, extent, loops, self.dram_bytes(extent, loops, bytes_per_element), least, sizes)
+
+    def dram_bytes(self, extent: dict, loops: list, bytes_per_element: int) -> int:
+        """Bytes the loops read from DRAM: each input once per iteration of every loop outside the innermost loop
+        indexing it that does not index it itself (a tile stays on-chip only while the loops inside it run). A tile
+        several matrix cores read is read once (Stream multicasts it over the bus). An estimate that ranks tilings:
+        Stream may keep a tensor on-chip longer where its memory allows."""
+        trips = [(d, self.sizes[d] // extent[d]) for d in loops if self.sizes[d] > extent[d]]
+        total = 0
+        for dims in self.inputs.values():
+            inner = max((i for i, (d, _) in enumerate(trips) if d in dims), default=-1)
+            again = math.prod(t for d, t in trips[:inner] if d not in dims)
+            total += math.prod(self.sizes[d] for d in dims) * again
+        return total * bytes_per_element
+
+
 def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int,
                             extra_halvings: int = 0, smallest: bool = False) -> dict:  # fmt: skip
     """The fixed mapping (smallest: see `fixed_mapping`) with the attention core as one fused group (and a split-KV
     combine as another). extra_halvings: halve the tile that many more times than the footprint estimate needs (a
     retry after Stream found the estimated tile too big)."""
+    return _fused_attention(onnx_path, stream_hw, bytes_per_element, extra_halvings, smallest)[0]
+
+
+def attention_plans(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int) -> tuple[list[CorePlan], CorePlan]:
+    """The attention core's candidate tilings (the rule of thumb first) and the one `fused_attention_mapping` takes:
+    the rule of thumb unless another reads PLAN_SAVING less from DRAM by `_CoreShape.dram_bytes`."""
+    return _fused_attention(onnx_path, stream_hw, bytes_per_element, 0, False)[1:]
+
+
+def _fused_attention(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, extra_halvings: int,
+                     smallest: bool) -> tuple[dict, list[CorePlan], CorePlan]:  # fmt: skip
     wl, layers, groups = _per_layer(onnx_path, stream_hw, bytes_per_element, smallest)
     core, combine = attention_core(onnx_path)
     by_name = _by_name(wl)
@@ -210,7 +349,8 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
     if isinstance(stats, NormalizationNode):  # a Softmax keeps its reduced axis whole
         parallel = [d for d in parallel if stats_dims.index(d) not in stats.reduction_axes]
     heads = [d for d in parallel if d != chunk]
-    caches = set(cache_inputs(onnx.load(str(onnx_path), load_external_data=False)))
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    caches = set(cache_inputs(model))
     # dims that index the cache a matrix node reads: a tile of them reads its own part of the cache; a tile of the
     # others (query rows sharing a K/V head, e.g. all h heads of the MLA latent) reads the same cache chunk again
     operands = [(t.name, dims) for n in on_matrix for t, dims in zip(n.tensors, _operand_dims(wl, n), strict=True)]
@@ -220,16 +360,22 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
         produced = {t.name for n in members for t in n.outputs}
         per_cache = {d for name, dims in operands if name not in produced and not set(parallel) <= set(dims)
                      for d in dims}  # fmt: skip
-    # split over the matrix cores: along the chunks, else along the largest parallel dim that divides, one that
-    # indexes the cache (or prefill's K and V) first, so each core reads only its own part of it
-    split_dim = chunk if chunk is not None and sizes[chunk] % len(matrix) == 0 else None
-    if split_dim is None and len(matrix) > 1:
-        split_dim = max((d for d in heads if sizes[d] % len(matrix) == 0), key=lambda d: (d in per_cache, sizes[d]),
-                        default=None)  # fmt: skip
-        if split_dim is None:
-            raise MappingError(f"fused-attention: no attention dim of {sizes.values()} divides over {len(matrix)} "
-                               "matrix cores")  # fmt: skip
-    split = {split_dim: len(matrix)} if split_dim is not None and len(matrix) > 1 else {}
+    vector = [c for c in cores if c not in matrix] or matrix
+    budget = (min(c.memory_bytes for c in matrix) // 2, min(c.memory_bytes for c in vector) // 2)
+    initializers = {t.name for t in model.graph.initializer}
+    weights = {name for name, _ in operands if name.split(COPY_TAG)[0] in initializers}
+    shape = _CoreShape(wl, members, on_matrix, on_vector, sizes, chunk, heads, per_cache, weights, len(matrix))
+    plans = [plan for split_dim in shape.splits() for weights_outer in (False, True)
+             if (plan := shape.plan(split_dim, weights_outer, budget, bytes_per_element, extra_halvings))]  # fmt: skip
+    if not plans:
+        raise MappingError(f"fused-attention: the attention core's smallest tile does not fit ({', '.join(core)})")
+    # the first plan is the rule of thumb (split along the chunks, the cache's loops outermost); another wins only
+    # where it reads clearly less from DRAM (mla-recompute: the weights its re-projection reads)
+    best = min(plans, key=lambda plan: plan.dram_bytes)
+    first = plans[0]
+    chosen = best if best.dram_bytes < (1 - PLAN_SAVING) * first.dram_bytes else first
+    split_dim, extent, loops = chosen.split_dim, chosen.extent, chosen.loops
+    split = {split_dim: len(matrix)} if split_dim is not None else {}
     for node in on_matrix:
         entry = {"name": node.name, "core_allocation": [[c.id for c in matrix]]}
         if split:
@@ -237,40 +383,15 @@ def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_el
         layers[node.name] = entry
     for node in on_vector:  # the vector cores, as the fixed mapping places them
         layers[node.name] = layer_mapping(node, cores, bytes_per_element)[0]
-    # temporal tiles: halve chunks, then the dims that index the cache (batch, K/V heads; largest first), then the
-    # rest (query rows of one K/V head, largest first), until both sides fit
-    extent = dict(sizes)
-    order = ([chunk] if chunk is not None else []) + sorted(heads, key=lambda d: (d not in per_cache, -sizes[d]))
-    budget_m = min(c.memory_bytes for c in matrix) // 2
-    vector = [c for c in cores if c not in matrix] or matrix
-    budget_v = min(c.memory_bytes for c in vector) // 2
-
-    def fits() -> bool:
-        return (_group_footprint(wl, on_matrix, extent, split, bytes_per_element, True) <= budget_m
-                and _group_footprint(wl, on_vector, extent, split, bytes_per_element, False) <= budget_v)  # fmt: skip
-
-    halvings = extra_halvings
-    while not fits() or halvings > 0 or (chunk is not None and extent[chunk] > split.get(chunk, 1)):
-        if fits() and (chunk is None or extent[chunk] == split.get(chunk, 1)):
-            halvings -= 1
-        dim = next((d for d in order if extent[d] > split.get(d, 1)), None)
-        if dim is None:
-            raise MappingError(f"fused-attention: the attention core's smallest tile does not fit ({', '.join(core)})")
-        extent[dim] = _halve(extent[dim] // split.get(dim, 1)) * split.get(dim, 1)
     anchor = on_matrix[0]
     tiling = []
-    # loops, outermost first: the dims indexing the cache (a sequence, a K/V head), then the chunks, then the query
-    # rows sharing a chunk. A chunk stays while its query rows run, and a sequence's chunks and their combine finish
-    # before the next sequence starts, so only one tile's split-KV partials are live (chunks outermost, V3 absorb
-    # B = 32 L = 32k on h100-like kept every sequence's partials, 5.35 MB, on the 4 MB vector core)
-    loops = [d for d in order if d != chunk and d in per_cache] + [d for d in order if d == chunk or d not in per_cache]
     for d in reversed(loops):  # the mapping lists tiles innermost first
         if extent[d] != sizes[d]:
             host = anchor if d in wl.get_dims(anchor) else next(n for n in members if d in wl.get_dims(n))
             tiling.append({"dim": f"{host.name}.D{wl.get_dims(host).index(d)}", "tile": extent[d] // split.get(d, 1)})
     merged = [("attention", core + combine, tiling)]
     merged += _product_merges(onnx_path, wl, stream_hw, bytes_per_element, layers)
-    return {"layers": list(layers.values()), "fused_groups": _merged_groups(groups, merged, by_name)}
+    return {"layers": list(layers.values()), "fused_groups": _merged_groups(groups, merged, by_name)}, plans, chosen
 
 
 # ---- weight products consumed on-chip (attention-schemes.md §5.5) ------------------------------------------------

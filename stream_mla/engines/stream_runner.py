@@ -47,8 +47,10 @@ from stream_mla.engines.registry import finish
 from stream_mla.engines.result import AUTO_STRATEGIES, EngineError, NodeResult, Result
 from stream_mla.engines.stream_guard import BELOW_PHYSICS, EngineBelowPhysics, coverage_of, coverage_probe, violations
 from stream_mla.engines.stream_mapping import (
+    PLAN_SAVING,
     MappingError,
     attention_core,
+    attention_plans,
     compute_cores,
     cores_for,
     write_fixed_mapping,
@@ -233,12 +235,16 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
     whole). Stream cannot lower a split graph whose layout it materializes inside the core (a FusionEdge: it then
     splits the workload into one group more than the mapping has; the split graphs keep B and the heads apart for
     that, split_kv.py): the next candidate runs."""
-    failure, tried = None, set()
-    for split, chunks in (*split_kv_graphs(onnx_path, hw, workdir), (onnx_path, 1)):
-        if chunks in tried:
-            continue
-        tried.add(chunks)
-        given = stream_graph(split, workdir, fused=True) if split_inputs else split
+
+    def candidates() -> Iterator[tuple[Path, Path, int]]:
+        tried = set()
+        for split, chunks in (*split_kv_graphs(onnx_path, hw, workdir), (onnx_path, 1)):
+            if chunks not in tried:
+                tried.add(chunks)
+                yield stream_graph(split, workdir, fused=True) if split_inputs else split, split, chunks
+
+    failure = None
+    for given, split, chunks in fewest_rereads(candidates(), hw, bytes_per_element):
         try:
             est, folder = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION, bytes_per_element)
         except (MappingError, InfeasibleAllocationError) as exc:
@@ -253,6 +259,38 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
             continue
         return est, folder, count_file(split), f"kv_chunks {chunks}"  # its nodes; MACs and bytes are the given's
     raise failure
+
+
+def fewest_rereads(candidates: Iterator[tuple[Path, Path, int]], hw: Hardware, bytes_per_element: int) -> Iterator:
+    """The (given graph, graph, chunks) candidates in the order fused attention tries them: as listed (made one at a
+    time), unless the first one's attention core reads its inputs again (`CorePlan.rereads`: mla-recompute's
+    weights or cache where a core's memory cannot hold them across its loops): then the one whose plan reads
+    PLAN_SAVING less than the first's, the least by `_CoreShape.dram_bytes`, goes first (smaller chunks make the
+    core's tiles smaller, so more heads share a tile and the cache is read again fewer times). Mappings only: no
+    Stream run."""
+
+    engine_speed.install()  # the plans read Stream's workload dims: its solve's twins, as in `run_strategy`
+
+    def estimate(given: Path):
+        try:
+            return attention_plans(given, hw.stream, bytes_per_element)[1]
+        except MappingError:
+            return None
+
+    first = next(candidates)
+    plan = estimate(first[0])
+    if plan is None or not plan.rereads:
+        yield first
+        yield from candidates
+        return
+    rest = list(candidates)
+    read = [plan.dram_bytes] + [p.dram_bytes if (p := estimate(c[0])) else float("inf") for c in rest]
+    best = min(range(len(read)), key=lambda i: (read[i], i))
+    if best and read[best] < (1 - PLAN_SAVING) * read[0]:
+        yield rest[best - 1]
+        yield from (c for i, c in enumerate([first, *rest]) if i != best)
+    else:
+        yield from [first, *rest]
 
 
 def port_ratio(hw: Hardware) -> float:
