@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stream_mla.claims import step_name, weight_rereads
+from stream_mla.claims import planned_rereads, step_name
 from stream_mla.errors import SpecError
 from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import PRESETS
@@ -33,7 +33,8 @@ from stream_mla.sweeps.runner import run_sweep
 from stream_mla.sweeps.spec import SweepSpec
 from stream_mla.sweeps.store import ResultStore
 from stream_mla.workloads import build, registry
-from stream_mla.workloads.steps import serial_bound_s
+from stream_mla.workloads.counts import step_counts
+from stream_mla.workloads.steps import serial_bound_s, steps
 
 TARGET = {"memory": 1.15, "compute": 1.35}  # x the roofline (issue 8)
 DRAM_TARGET = 1.05  # engine DRAM / analytic
@@ -53,8 +54,14 @@ def misses(row: dict) -> list[str]:
 
 def cause(row: dict) -> str:
     """The node and the mechanism the row's own numbers name: the serialization of Stream's steps where the row is
-    within 5 % of its serial bound, the step with most cycles, the step re-fetching most (if above 1 MB)."""
+    within 5 % of its serial bound, the bytes its steps exchange through DRAM where its DRAM misses, the step with
+    most cycles, the step re-fetching most (if above 1 MB)."""
     parts = []
+    if row["engine_dram_bytes"] > DRAM_TARGET * row["dram_bytes"] and row.get("exchange_bytes"):
+        parts.append(f"its steps exchange {row['exchange_bytes'] / row['dram_bytes']:.3f}x the analytic bytes through "
+                     f"DRAM ({(row['exchange_bytes'] - row['dram_bytes']) / 1e6:+,.1f} MB: what crosses Stream's "
+                     "groups, which it runs each from and to DRAM, §2's spill terms) and the engine moves "
+                     f"{row['engine_dram_bytes'] / row['exchange_bytes']:.3f}x that")  # fmt: skip
     if row["serial"] <= 1.05:
         parts.append(f"Stream's steps in turn: {row['serial']:.3f}x the serial bound, so the time above the roofline "
                      "is the overlap the roofline assumes and Stream's schedule does not have")  # fmt: skip
@@ -63,7 +70,7 @@ def cause(row: dict) -> str:
     if row.get("excess_step") and (row.get("excess_bytes") or 0) > 1e6:
         parts.append(f"{step_name(row['excess_step'])} moves {row['excess_bytes'] / 1e6:,.1f} MB beyond its inputs "
                      "and outputs")  # fmt: skip
-    if (why := weight_rereads(pd.Series(row))) != "":
+    if (why := planned_rereads(pd.Series(row))) != "":
         parts.append(why)
     return "; ".join(parts)
 
@@ -74,6 +81,13 @@ def serial_bound(p: SweepPoint, row: dict) -> float:
     if row.get("serial_s"):
         return row["serial_s"]
     return serial_bound_s(build(p.workload()), row["strategy"], row["peak_flop_per_s"], row["dram_bytes_per_s"])
+
+
+def exchange_bytes(p: SweepPoint, row: dict) -> int:
+    """Bytes the row's steps exchange through DRAM (`counts.step_counts`: what crosses each step's boundary, once
+    per step; the serial bound's bytes)."""
+    model = build(p.workload())
+    return sum(nbytes for _, nbytes in step_counts(model, steps(model, row["strategy"])).values())
 
 
 def skipped(row: dict) -> str:
@@ -151,6 +165,7 @@ def main() -> int:
             print(f"{where} failed | | | | | | | |")
             continue
         row["serial"] = row["latency_s"] / serial_bound(p, row)
+        row["exchange_bytes"] = exchange_bytes(p, row)
         star = "*" if row.get("stale") else ""
         print(f"{where} {row['strategy']}{star} | {row['latency_s'] / row['roofline_s']:.3f} | {row['serial']:.3f} | "
               f"{row['engine_dram_bytes'] / row['dram_bytes']:.3f} | {row['bound']} | {step_name(row['hotspot'])} "

@@ -8,6 +8,7 @@ verdict) is the first half of this module; text, JSON and the summary table are 
 tables below, or closed forms evaluated on the rows. A quoted prediction whose rows are absent is NO DATA.
 """
 
+import json
 import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -332,28 +333,20 @@ def _bracket(ratio: float, refs: dict[str, float]) -> str:
     return f"between the {lo}, {below[lo]:.2f}x, and the {hi}, {above[hi]:.2f}x"
 
 
-def up_projection_bytes(model: str, precision: str | None) -> float:
-    """Bytes of recompute's up-projection weights W_UK and W_UV (d_c x h·d_n and d_c x h·d_v, §5.3)."""
-    m = MODEL_PRESETS.get(model)
-    if m is None or not m.is_mla:
-        return np.nan
-    per = BYTES_PER_ELEMENT[precision] if isinstance(precision, str) and precision in BYTES_PER_ELEMENT else 2
-    return m.kv_lora_rank * m.heads * (m.qk_nope_head_dim + m.v_head_dim) * per
-
-
-def weight_rereads(r: pd.Series) -> str:
-    """A fused recompute row's bytes beyond the analytic ones, when they are a whole number of extra reads of W_UK
-    and W_UV (within 0.2 of one): a fused recompute core whose weights do not fit a core's SRAM reads them again for
-    every matrix core or cache chunk it runs over (no on-chip level is shared by the cores)."""
-    if r["scheme"] != "mla-recompute" or r.get("strategy") != "fused-attention":
+def planned_rereads(r: pd.Series) -> str:
+    """A fused row whose attention core's tiling reads inputs more than once (its strategy record's `core_rereads`:
+    the mapping's own loop-nest estimate, `stream_mapping.CorePlan`), named with the bytes that adds and the bytes
+    the row moves beyond the analytic ones."""
+    records = r.get("strategies")
+    record = json.loads(records).get(r.get("strategy"), {}) if isinstance(records, str) and records else {}
+    again = record.get("core_rereads")
+    if not again:
         return ""
-    w, extra = up_projection_bytes(r["model"], r.get("precision")), r["engine_dram_bytes"] - r["dram_bytes"]
-    n = extra / w if w and pd.notna(w) else np.nan
-    if not (pd.notna(n) and n >= 0.8 and abs(n - round(n)) <= 0.2):
-        return ""
-    return (f"the {extra / 1e6:,.1f} MB beyond them are {n:.2f}x the up-projection weights W_UK and W_UV "
-            f"({w / 1e6:.1f} MB): read again for each matrix core or cache chunk the fused core runs over, as a core "
-            "whose SRAM does not hold them must, with no on-chip level shared by the cores")  # fmt: skip
+    reads = ", ".join(f"{name} {times}x" for name, times in again.items())
+    extra = r["engine_dram_bytes"] - r["dram_bytes"]
+    return (f"its fused core's tiling reads {reads} ({record['core_reread_bytes'] / 1e6:,.1f} MB more, estimated; "
+            f"the row moves {extra / 1e6:,.1f} MB beyond the analytic bytes): a matrix core's memory does not hold "
+            "them across the core's loops, and no on-chip level is shared by the cores")  # fmt: skip
 
 
 def _c1_engine(r: pd.Series) -> Check:
@@ -366,7 +359,7 @@ def _c1_engine(r: pd.Series) -> Check:
         "C1", f"engine/analytic DRAM bytes, {short(r['scheme'])} {_at(r)}", r["engine"], ratio, ref,
         evidence=(_ev(r, "engine_dram_bytes"), _ev(r, "dram_bytes")),
         reason=lambda: f"{r['engine']} rows move {ratio:.2f}x the analytic bytes, which no reference of the spec "
-        f"explains ({_bracket(ratio, refs)})" + next((f": {why}." for why in (weight_rereads(r), _refetch(r)) if why),
+        f"explains ({_bracket(ratio, refs)})" + next((f": {why}." for why in (planned_rereads(r), _refetch(r)) if why),
                                                      "."),
         note="" if name == "analytic" else f"matches the {name} ({ref:.2f}x)", detail=lambda: _util(r),
     )  # fmt: skip

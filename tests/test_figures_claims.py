@@ -211,25 +211,24 @@ def test_engine_reasons_come_from_the_rows(table):
         assert ("layer-by-layer" in c.note) == (ratio > 1.1)
 
 
-def test_recompute_excess_named_as_weight_rereads(table):
-    """A fused recompute row moving the analytic bytes plus exactly 7 reads of W_UK and W_UV (typed in here: V3
-    d_c = 512, h = 128, d_n = d_v = 128, bf16) is named as such; 7.5 reads is not a whole number and gets no such
-    reason, nor does a row of another strategy."""
+def test_recompute_excess_named_by_its_core_plan(table):
+    """A fused recompute row whose strategy record says its core's tiling reads the cache twice (what the runner
+    records from the mapping's plan) has that named in its C1 reason, with the estimated and the measured extra
+    bytes; a row whose record names no re-reads gets no such reason."""
     analytic = table[table["engine"] == "analytic"]
     rc = synthetic_engine(analytic[(analytic["scheme"] == "mla-recompute") & (analytic["model"] == "deepseek-v3")])
-    w = 512 * 128 * (128 + 128) * 2
-    rc["strategy"] = "fused-attention"  # the fused core (another mapping re-reads for other reasons)
-    for reads, named in ((7, True), (7.5, False)):
-        rows = rc.copy()
-        rows["engine_dram_bytes"] = rows["dram_bytes"] + reads * w
-        r = evaluate_claims(pd.concat([analytic, rows]))
-        fails = [c for c in r.of("C1", "stream") if c.verdict == "FAIL"]
+    rc["strategy"] = "fused-attention"
+    rc["engine_dram_bytes"] = 1.5 * rc["dram_bytes"]
+    for again, named in (({"c_kv_cache": 2, "k_rope_cache": 2}, True), ({}, False)):
+        record = {"status": "ok", "note": "kv_chunks 8"}
+        if again:
+            record.update(core_rereads=again, core_reread_bytes=151_000_000)
+        rows = rc.assign(strategies=json.dumps({"fused-attention": record}))
+        fails = [c for c in evaluate_claims(pd.concat([analytic, rows])).of("C1", "stream") if c.verdict == "FAIL"]
         assert fails
         for c in fails:
-            assert ("7.00x the up-projection weights W_UK and W_UV (33.6 MB)" in c.reason) == named, c.reason
-    rows["strategy"], rows["engine_dram_bytes"] = "fixed-mapping", rows["dram_bytes"] + 7 * w
-    r = evaluate_claims(pd.concat([analytic, rows]))
-    assert not any("up-projection" in c.reason for c in r.of("C1", "stream"))
+            text = "its fused core's tiling reads c_kv_cache 2x, k_rope_cache 2x (151.0 MB more, estimated; the row "
+            assert (text in c.reason) == named, c.reason
 
 
 def test_a_claim_fails_on_one_engine_and_passes_on_another(table):

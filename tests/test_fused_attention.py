@@ -432,7 +432,7 @@ def test_mapping_tries_go_on_past_a_retry_that_cannot_be_made(tmp_path, monkeypa
         if extra == 2:
             raise MappingError("fused-attention: the attention core's smallest tile does not fit")
         path.write_text("{}")
-        return path
+        return path, None
 
     def refuse(hw_yaml, onnx_path, out, mapping, options):
         ran.append(mapping)
@@ -485,8 +485,11 @@ def test_recompute_moves_its_weights_once_in_stream(tmp_path, monkeypatch, savin
     r = evaluate_stream(export(spec, tmp_path / "g.onnx"), Hardware.from_platform(PRESETS["h100-like"]), tmp_path,
                         strategies=(FUSED_ATTENTION,))  # fmt: skip
     assert r.latency_s >= r.roofline_bound_s and not r.warnings
+    record = r.strategies[FUSED_ATTENTION]  # what the plan reads again, estimated, as the runner records it
+    weights, cache = 2 * 512 * 128 * 128 * 2, 4 * 512 * (512 + 64) * 2  # W_UK and W_UV; the latent cache (bf16)
     if saving == PLAN_SAVING:
         assert r.dram_bytes <= r.engine_dram_bytes <= 1.05 * r.dram_bytes
+        assert record["core_rereads"] == {"c_kv_cache": 2, "k_rope_cache": 2} and record["core_reread_bytes"] == cache
     else:
-        weights = 2 * 512 * 128 * 128 * 2  # W_UK and W_UV, bf16
         assert r.engine_dram_bytes >= r.dram_bytes + 3 * weights
+        assert record["core_rereads"] == {"W_UK": 4, "W_UV": 4} and record["core_reread_bytes"] == 3 * weights

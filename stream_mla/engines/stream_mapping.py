@@ -21,7 +21,7 @@ from stream.parser.onnx.model import onnx_parser_for, register_onnx_parser
 from stream.workload.node import HasIterationSpace, NormalizationNode
 from xdsl.ir.affine import AffineDimExpr
 
-from stream_mla.engines.graph_fix import COPY_TAG
+from stream_mla.engines.graph_fix import COPY_TAG, UNIT_TAG
 from stream_mla.workloads.steps import MappingError, attention_core, cache_inputs, weight_products
 
 MATRIX_OPS = ("MatMul", "Gemm", "Einsum", "Conv")
@@ -201,6 +201,7 @@ class CorePlan:
     dram_bytes: int
     least_bytes: int  # every input read once
     sizes: dict
+    again: dict  # {graph tensor: times read} of the inputs read more than once
 
     @property
     def rereads(self) -> bool:
@@ -209,6 +210,11 @@ class CorePlan:
     def trips(self) -> list[tuple[int, int]]:
         """(size, trip count) of each temporal loop that runs more than once, outermost first."""
         return [(self.sizes[d], self.sizes[d] // self.extent[d]) for d in self.loops if self.extent[d] < self.sizes[d]]
+
+
+def _tensor_name(name: str) -> str:
+    """The graph's name of a tensor Stream is given (without stream_graph's copy and squeeze suffixes)."""
+    return name.split(COPY_TAG)[0].removesuffix(UNIT_TAG)
 
 
 @dataclass(frozen=True)
@@ -298,20 +304,26 @@ class _CoreShape:
                 return None
             loops = [d for d in loops if d in indexing] + [d for d in loops if d not in indexing]
         least = self.dram_bytes(dict(sizes), [], bytes_per_element)
-        return CorePlan(split_dim, extent, loops, self.dram_bytes(extent, loops, bytes_per_element), least, sizes)
+        again = {_tensor_name(n): k for n, k in self.reads(extent, loops).items() if k > 1}
+        return CorePlan(split_dim, extent, loops, self.dram_bytes(extent, loops, bytes_per_element), least, sizes,
+                        again)  # fmt: skip
+
+    def reads(self, extent: dict, loops: list) -> dict[str, int]:
+        """How many times the loops read each input from DRAM: once per iteration of every loop outside the innermost
+        loop indexing it that does not index it itself (a tile stays on-chip only while the loops inside it run). A
+        tile several matrix cores read is read once (Stream multicasts it over the bus). An estimate that ranks
+        tilings: Stream may keep a tensor on-chip longer where its memory allows."""
+        trips = [(d, self.sizes[d] // extent[d]) for d in loops if self.sizes[d] > extent[d]]
+        found = {}
+        for name, dims in self.inputs.items():
+            inner = max((i for i, (d, _) in enumerate(trips) if d in dims), default=-1)
+            found[name] = math.prod(t for d, t in trips[:inner] if d not in dims)
+        return found
 
     def dram_bytes(self, extent: dict, loops: list, bytes_per_element: int) -> int:
-        """Bytes the loops read from DRAM: each input once per iteration of every loop outside the innermost loop
-        indexing it that does not index it itself (a tile stays on-chip only while the loops inside it run). A tile
-        several matrix cores read is read once (Stream multicasts it over the bus). An estimate that ranks tilings:
-        Stream may keep a tensor on-chip longer where its memory allows."""
-        trips = [(d, self.sizes[d] // extent[d]) for d in loops if self.sizes[d] > extent[d]]
-        total = 0
-        for dims in self.inputs.values():
-            inner = max((i for i, (d, _) in enumerate(trips) if d in dims), default=-1)
-            again = math.prod(t for d, t in trips[:inner] if d not in dims)
-            total += math.prod(self.sizes[d] for d in dims) * again
-        return total * bytes_per_element
+        """Bytes the loops read from DRAM (`reads`)."""
+        inputs, times = self.inputs, self.reads(extent, loops)
+        return bytes_per_element * sum(math.prod(self.sizes[d] for d in inputs[n]) * times[n] for n in inputs)
 
 
 def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int,
@@ -486,8 +498,15 @@ def _merged_groups(groups: list[dict], merged: list[tuple[str, list[str], list[d
     return [out[k] for k in done]
 
 
-def write_fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int, path: Path,
-                                  extra_halvings: int = 0, smallest: bool = False) -> Path:  # fmt: skip
-    doc = fused_attention_mapping(onnx_path, stream_hw, bytes_per_element, extra_halvings, smallest)
+def write_fused_attention_mapping(
+    onnx_path: str | Path,
+    stream_hw: dict,
+    bytes_per_element: int,
+    path: Path,
+    extra_halvings: int = 0,
+    smallest: bool = False,
+) -> tuple[Path, CorePlan]:
+    """(the mapping written to `path`, the attention core's plan it takes)."""
+    doc, _, chosen = _fused_attention(onnx_path, stream_hw, bytes_per_element, extra_halvings, smallest)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return path, chosen

@@ -48,6 +48,7 @@ from stream_mla.engines.result import AUTO_STRATEGIES, EngineError, NodeResult, 
 from stream_mla.engines.stream_guard import BELOW_PHYSICS, EngineBelowPhysics, coverage_of, coverage_probe, violations
 from stream_mla.engines.stream_mapping import (
     PLAN_SAVING,
+    CorePlan,
     MappingError,
     attention_core,
     attention_plans,
@@ -109,7 +110,8 @@ def layer_name(stream_node: str) -> str:
 
 
 def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strategy: str, bytes_per_element: int):
-    """(estimate, its output folder): one Stream run of `onnx_path` (the graph Stream is given, see `stream_graph`).
+    """(estimate, its output folder, the fused core's `CorePlan` or None): one Stream run of `onnx_path` (the graph
+    Stream is given, see `stream_graph`).
     Stream's per-node ZigZag cost estimation goes through the persistent cost cache (`cost_cache.py`: a Stream
     core-cost backend, shared across points and processes, under $STREAM_MLA_CACHE); Stream's own per-run LUT stays
     in each group folder under `out`. Stream's and ZigZag's slowest pure helpers run as their faster twins
@@ -122,10 +124,11 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
         failure: Exception | None = None  # Stream's first refusal names the layer; a retry's own failure does not
         for extra, smallest in tries:
             name = f"{strategy}-{extra}{'-smallest' if smallest else ''}"
+            plan = None
             try:
                 if strategy == FUSED_ATTENTION:
-                    mapping = write_fused_attention_mapping(onnx_path, hw.stream, bytes_per_element,
-                                                            out / f"{name}.yaml", extra, smallest)  # fmt: skip
+                    mapping, plan = write_fused_attention_mapping(onnx_path, hw.stream, bytes_per_element,
+                                                                  out / f"{name}.yaml", extra, smallest)  # fmt: skip
                 else:
                     mapping = write_fixed_mapping(onnx_path, hw.stream, bytes_per_element, out / f"{name}.yaml",
                                                   smallest)  # fmt: skip
@@ -134,15 +137,16 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
                 continue
             try:
                 return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out / name), mapping=str(mapping),
-                                        options=SolveOptions(artifacts=False)), out / name  # fmt: skip
+                                        options=SolveOptions(artifacts=False)), out / name, plan  # fmt: skip
             except InfeasibleAllocationError as exc:
                 failure = first_refusal(failure, exc)
         raise failure
     if strategy == DEFAULT_FUSION:
-        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=SolveOptions(artifacts=False)), out
+        options = SolveOptions(artifacts=False)
+        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options), out, None
     cuts = keep_softmax_cuts(onnx_path) if strategy == "keep-softmax" else "per-layer"
     options = SolveOptions(artifacts=False, stage_options={"fusion_cut_points": cuts})
-    return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options), out
+    return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options), out, None
 
 
 def allocated_cores(group: dict, node: str) -> set[int]:
@@ -229,12 +233,12 @@ def first_refusal(kept: Exception | None, new: Exception) -> Exception:
 
 
 def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: Path, split_inputs: bool,
-              bytes_per_element: int) -> tuple[object, Path, dict, str]:  # fmt: skip
-    """(estimate, its folder, counts of the graph Stream ran, note) of the fused-attention strategy: the split-KV
-    graphs of `split_kv_graphs` in turn until one's mapping fits, then the plain graph (its attention core fused
-    whole). Stream cannot lower a split graph whose layout it materializes inside the core (a FusionEdge: it then
-    splits the workload into one group more than the mapping has; the split graphs keep B and the heads apart for
-    that, split_kv.py): the next candidate runs."""
+              bytes_per_element: int) -> tuple[object, Path, dict, str, CorePlan]:  # fmt: skip
+    """(estimate, its folder, counts of the graph Stream ran, note, the core's plan) of the fused-attention strategy:
+    the split-KV graphs of `split_kv_graphs` in turn until one's mapping fits, then the plain graph (its attention
+    core fused whole). Stream cannot lower a split graph whose layout it materializes inside the core (a FusionEdge:
+    it then splits the workload into one group more than the mapping has; the split graphs keep B and the heads
+    apart for that, split_kv.py): the next candidate runs."""
 
     def candidates() -> Iterator[tuple[Path, Path, int]]:
         tried = set()
@@ -246,7 +250,8 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
     failure = None
     for given, split, chunks in fewest_rereads(candidates(), hw, bytes_per_element):
         try:
-            est, folder = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION, bytes_per_element)
+            est, folder, plan = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION,
+                                             bytes_per_element)  # fmt: skip
         except (MappingError, InfeasibleAllocationError) as exc:
             failure = first_refusal(failure, exc)
             continue
@@ -257,7 +262,7 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
                                 f"fold ({exc})")  # fmt: skip
             failure = first_refusal(failure, fold)
             continue
-        return est, folder, count_file(split), f"kv_chunks {chunks}"  # its nodes; MACs and bytes are the given's
+        return est, folder, count_file(split), f"kv_chunks {chunks}", plan  # its nodes; MACs and bytes: the given's
     raise failure
 
 
@@ -298,8 +303,10 @@ def port_ratio(hw: Hardware) -> float:
     return hw.dram_bytes_per_s / hw.platform.dram_bytes_per_s if hw.platform is not None else 1.0
 
 
-def strategy_record(result: Result | None, status: str, wall: float, note: str = "") -> dict:
-    """What one strategy gave, for `Result.strategies`."""
+def strategy_record(result: Result | None, status: str, wall: float, note: str = "",
+                    plan: CorePlan | None = None) -> dict:  # fmt: skip
+    """What one strategy gave, for `Result.strategies`; with the inputs its fused core's plan reads more than once
+    (`core_rereads`: {graph tensor: times}) and the bytes that adds, estimated (`core_reread_bytes`)."""
     record: dict = {"status": status, "wall_s": round(wall, 3)}
     if result is not None:
         roof = result.latency_s / result.roofline_bound_s if result.roofline_bound_s else None
@@ -308,6 +315,8 @@ def strategy_record(result: Result | None, status: str, wall: float, note: str =
                       roofline_ratio=roof, dram_ratio=dram)  # fmt: skip
     if note:
         record["note"] = note
+    if plan is not None and plan.again:
+        record.update(core_rereads=plan.again, core_reread_bytes=plan.dram_bytes - plan.least_bytes)
     return record
 
 
@@ -362,7 +371,7 @@ def evaluate_stream(
     logging.disable(logging.WARNING)  # ZigZag floods the log; degenerate nodes are checked in collect instead
     try:
         for strategy in strategies:
-            out, began, note = workdir / f"stream-{strategy}", time.perf_counter(), ""
+            out, began, note, plan = workdir / f"stream-{strategy}", time.perf_counter(), "", None
             if len(strategies) > 1 and (why := search_skips(strategy, hw, valid, counts)):
                 records[strategy] = strategy_record(None, "skipped", 0.0, why)
                 continue
@@ -370,10 +379,10 @@ def evaluate_stream(
                 given_counts, bpe = counts, counts["bytes_per_element"]
                 with coverage_probe():
                     if strategy == FUSED_ATTENTION:
-                        est, out, given_counts, note = run_fused(hw, hw_yaml, onnx_path, workdir, out, split_inputs,
-                                                                 bpe)  # fmt: skip
+                        est, out, given_counts, note, plan = run_fused(hw, hw_yaml, onnx_path, workdir, out,
+                                                                       split_inputs, bpe)  # fmt: skip
                     else:
-                        est, out = run_strategy(hw, hw_yaml, graph, out, strategy, bpe)
+                        est, out, plan = run_strategy(hw, hw_yaml, graph, out, strategy, bpe)
             except InfeasibleAllocationError as exc:
                 failures.append(describe_infeasible(hw, strategy, exc))
                 records[strategy] = strategy_record(None, "infeasible", time.perf_counter() - began, failures[-1])
@@ -394,10 +403,10 @@ def evaluate_stream(
             if found:  # like a strategy that does not fit: the others decide
                 failures.append(f"{strategy}: {'; '.join(found)}")
                 why = "; ".join(filter(None, [note, *found]))
-                records[strategy] = strategy_record(result, "below physics", wall, why)
+                records[strategy] = strategy_record(result, "below physics", wall, why, plan)
                 below = (result, tuple(found))
                 continue
-            records[strategy] = strategy_record(result, "ok", wall, note)
+            records[strategy] = strategy_record(result, "ok", wall, note, plan)
             valid.append(result)
     finally:
         logging.disable(logging.NOTSET)
