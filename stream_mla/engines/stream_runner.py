@@ -25,10 +25,11 @@ cores each node ran on; DRAM energy is the off-chip bits moved times the DRAM pJ
 transfer energy (link hops, the on-chip end of each DMA) is `onchip_transfer`.
 """
 
+import itertools
 import logging
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -194,11 +195,20 @@ class Cores:
     sram_bytes: int
 
 
-def split_kv_graphs(onnx_path: Path, hw: Hardware, workdir: Path) -> Iterator[tuple[Path, int]]:
+# Split-KV graphs fused attention tries, as multiples of `default_chunks`: smaller chunks for a core whose tile the
+# estimate let through but the mapping cannot fit; and, where the first graph's core reads its inputs again, the
+# candidates `fewest_rereads` ranks (smaller chunks shrink the core's per-chunk tiles, so more heads share a tile
+# and the cache is read again fewer times: V3 recompute B = 32 L = 4k on cloud-fusemax's one core, 1 -> 16 chunks,
+# DRAM 3.004 -> 1.880x analytic, 1.063 -> 1.054x the roofline)
+RETRY_CHUNKS = (1, 2, 4)
+RANKED_CHUNKS = (1, 2, 4, 8, 16)
+
+
+def split_kv_graphs(onnx_path: Path, hw: Hardware, workdir: Path,
+                    factors: tuple[int, ...] = RETRY_CHUNKS) -> Iterator[tuple[Path, int]]:  # fmt: skip
     """The graphs fused-attention tries, with their chunks C: for a plain decode graph of a stream-mla workload, the
-    workload re-exported with `default_chunks(spec, platform)` chunks, then with 2 and 4 times as many (smaller
-    chunks, for a core whose tile the estimate let through but the mapping cannot fit); any other graph as it is (C
-    read off the graph). A scheme without a split-KV form runs its plain graph."""
+    workload re-exported with `default_chunks(spec, platform)` chunks times each of `factors` (one at a time); any
+    other graph as it is (C read off the graph). A scheme without a split-KV form runs its plain graph."""
     model = onnx.load(str(onnx_path), load_external_data=False)
     spec_doc = metadata(model).get("spec")
     chunks = (spec_doc or {}).get("kv_chunks") or 1
@@ -213,7 +223,7 @@ def split_kv_graphs(onnx_path: Path, hw: Hardware, workdir: Path) -> Iterator[tu
     matrix = cores_for("MatMul", compute_cores(hw.stream))
     platform = hw.platform or Cores(len(matrix), min(c.memory_bytes for c in matrix))
     first = default_chunks(spec, platform)
-    for chunks in dict.fromkeys(c for c in (first, 2 * first, 4 * first) if spec.keys % c == 0):
+    for chunks in dict.fromkeys(c for c in (k * first for k in factors) if spec.keys % c == 0):
         if chunks == 1:
             yield onnx_path, 1
             continue
@@ -240,15 +250,16 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
     it then splits the workload into one group more than the mapping has; the split graphs keep B and the heads
     apart for that, split_kv.py): the next candidate runs."""
 
-    def candidates() -> Iterator[tuple[Path, Path, int]]:
+    def candidates(factors: tuple[int, ...]) -> Iterator[tuple[Path, Path, int]]:
         tried = set()
-        for split, chunks in (*split_kv_graphs(onnx_path, hw, workdir), (onnx_path, 1)):
+        for split, chunks in itertools.chain(split_kv_graphs(onnx_path, hw, workdir, factors), [(onnx_path, 1)]):
             if chunks not in tried:
                 tried.add(chunks)
                 yield stream_graph(split, workdir, fused=True) if split_inputs else split, split, chunks
 
     failure = None
-    for given, split, chunks in fewest_rereads(candidates(), hw, bytes_per_element):
+    tries = fewest_rereads(candidates(RETRY_CHUNKS), lambda: candidates(RANKED_CHUNKS), hw, bytes_per_element)
+    for given, split, chunks in tries:
         try:
             est, folder, plan = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION,
                                              bytes_per_element)  # fmt: skip
@@ -266,13 +277,13 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
     raise failure
 
 
-def fewest_rereads(candidates: Iterator[tuple[Path, Path, int]], hw: Hardware, bytes_per_element: int) -> Iterator:
+def fewest_rereads(candidates: Iterator[tuple[Path, Path, int]], ranked: Callable[[], Iterator], hw: Hardware,
+                   bytes_per_element: int) -> Iterator:  # fmt: skip
     """The (given graph, graph, chunks) candidates in the order fused attention tries them: as listed (made one at a
     time), unless the first one's attention core reads its inputs again (`CorePlan.rereads`: mla-recompute's
-    weights or cache where a core's memory cannot hold them across its loops): then the one whose plan reads
-    PLAN_SAVING less than the first's, the least by `_CoreShape.dram_bytes`, goes first (smaller chunks make the
-    core's tiles smaller, so more heads share a tile and the cache is read again fewer times). Mappings only: no
-    Stream run."""
+    weights or cache where a core's memory cannot hold them across its loops): then the `ranked` candidates, the
+    one whose plan reads least by `_CoreShape.dram_bytes` first if it reads PLAN_SAVING less than the first's, then
+    the rest as listed. Mappings only: no Stream run."""
 
     engine_speed.install()  # the plans read Stream's workload dims: its solve's twins, as in `run_strategy`
 
@@ -288,7 +299,7 @@ def fewest_rereads(candidates: Iterator[tuple[Path, Path, int]], hw: Hardware, b
         yield first
         yield from candidates
         return
-    rest = list(candidates)
+    rest = [c for c in ranked() if c[2] != first[2]]
     read = [plan.dram_bytes] + [p.dram_bytes if (p := estimate(c[0])) else float("inf") for c in rest]
     best = min(range(len(read)), key=lambda i: (read[i], i))
     if best and read[best] < (1 - PLAN_SAVING) * read[0]:
