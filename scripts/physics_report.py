@@ -58,7 +58,7 @@ def cause(row: dict) -> str:
     most cycles, the step re-fetching most (if above 1 MB)."""
     parts = []
     if row["engine_dram_bytes"] > DRAM_TARGET * row["dram_bytes"] and row.get("exchange_bytes"):
-        parts.append(f"its steps exchange {row['exchange_bytes'] / row['dram_bytes']:.3f}x the analytic bytes through "
+        parts.append(f"Its steps exchange {row['exchange_bytes'] / row['dram_bytes']:.3f}x the analytic bytes through "
                      f"DRAM ({(row['exchange_bytes'] - row['dram_bytes']) / 1e6:+,.1f} MB: what crosses Stream's "
                      "groups, which it runs each from and to DRAM, §2's spill terms) and the engine moves "
                      f"{row['engine_dram_bytes'] / row['exchange_bytes']:.3f}x that")  # fmt: skip
