@@ -509,3 +509,31 @@ def test_a_rereading_core_runs_the_chunk_count_that_reads_least(tmp_path):
     assert record["core_reread_bytes"] == 3 * 32 * 4096 * 576 * 2
     assert r.dram_bytes <= r.engine_dram_bytes <= 2.0 * r.dram_bytes
     assert r.roofline_bound_s <= r.latency_s <= 1.1 * r.roofline_bound_s and not r.warnings
+
+
+def test_rereading_candidates_are_tried_by_what_they_read(monkeypatch):
+    """`fewest_rereads`' order (the plans' estimates stand in for the mapping here; no Stream run): a first candidate
+    that reads each input once keeps the listed order; one that re-reads keeps its place only if no other reads 5 %
+    less, and the rest follow by what they read, so a refused candidate gives way to the next that reads least (the
+    order h20-like recompute B = 1 L = 32k took: 16 chunks, refused, then 128 before 32)."""
+    from types import SimpleNamespace
+
+    reads = {16: 105, 32: 172, 64: 185, 128: 109, 256: 109, 1: None}  # MB the chosen plan of each chunk count reads
+
+    def plans(given, stream_hw, bpe):
+        if reads[given] is None:
+            raise stream_mapping.MappingError("does not fit")
+        return [], SimpleNamespace(dram_bytes=reads[given], rereads=reads[given] > 1.05 * 71)
+
+    monkeypatch.setattr(stream_runner, "attention_plans", plans)
+    listed = [(c, c, c) for c in (16, 32, 64, 1)]
+    ranked = [(c, c, c) for c in (16, 32, 64, 128, 256, 1)]
+    hw = SimpleNamespace(stream={})
+    order = [c[2] for c in stream_runner.fewest_rereads(iter(listed), lambda: iter(ranked), hw, 2)]
+    assert order == [16, 128, 256, 32, 64, 1]
+    reads[16] = 71  # reads each input once: the listed order, the ranked candidates never made
+    order = [c[2] for c in stream_runner.fewest_rereads(iter(listed), lambda: iter(ranked), hw, 2)]
+    assert order == [16, 32, 64, 1]
+    reads[16] = 200  # re-reads, and 128 reads clearly less: 128 first
+    order = [c[2] for c in stream_runner.fewest_rereads(iter(listed), lambda: iter(ranked), hw, 2)]
+    assert order == [128, 256, 32, 64, 16, 1]

@@ -281,9 +281,10 @@ def fewest_rereads(candidates: Iterator[tuple[Path, Path, int]], ranked: Callabl
                    bytes_per_element: int) -> Iterator:  # fmt: skip
     """The (given graph, graph, chunks) candidates in the order fused attention tries them: as listed (made one at a
     time), unless the first one's attention core reads its inputs again (`CorePlan.rereads`: mla-recompute's
-    weights or cache where a core's memory cannot hold them across its loops): then the `ranked` candidates, the
-    one whose plan reads least by `_CoreShape.dram_bytes` first if it reads PLAN_SAVING less than the first's, then
-    the rest as listed. Mappings only: no Stream run."""
+    weights or cache where a core's memory cannot hold them across its loops): then the `ranked` candidates by what
+    their plans read (`_CoreShape.dram_bytes`; the first stays first unless another reads PLAN_SAVING less), so a
+    candidate Stream refuses gives way to the next that reads least (h20-like recompute B = 1 L = 32k: 16 chunks
+    refused, then 128, the cache read twice, before 32, the weights four times). Mappings only: no Stream run."""
 
     engine_speed.install()  # the plans read Stream's workload dims: its solve's twins, as in `run_strategy`
 
@@ -299,14 +300,12 @@ def fewest_rereads(candidates: Iterator[tuple[Path, Path, int]], ranked: Callabl
         yield first
         yield from candidates
         return
-    rest = [c for c in ranked() if c[2] != first[2]]
-    read = [plan.dram_bytes] + [p.dram_bytes if (p := estimate(c[0])) else float("inf") for c in rest]
-    best = min(range(len(read)), key=lambda i: (read[i], i))
-    if best and read[best] < (1 - PLAN_SAVING) * read[0]:
-        yield rest[best - 1]
-        yield from (c for i, c in enumerate([first, *rest]) if i != best)
-    else:
-        yield from [first, *rest]
+    every = [first, *(c for c in ranked() if c[2] != first[2])]
+    read = [plan.dram_bytes] + [p.dram_bytes if (p := estimate(c[0])) else float("inf") for c in every[1:]]
+    order = sorted(range(len(every)), key=lambda i: (read[i], i))
+    if read[order[0]] >= (1 - PLAN_SAVING) * read[0]:  # none reads clearly less: the first stays first
+        order = [0] + [i for i in order if i != 0]
+    yield from (every[i] for i in order)
 
 
 def port_ratio(hw: Hardware) -> float:
