@@ -28,7 +28,6 @@ from stream_mla.claims import planned_rereads, step_name
 from stream_mla.errors import SpecError
 from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import PRESETS
-from stream_mla.sweeps.points import SweepPoint
 from stream_mla.sweeps.runner import run_sweep
 from stream_mla.sweeps.spec import SweepSpec
 from stream_mla.sweeps.store import ResultStore
@@ -75,18 +74,17 @@ def cause(row: dict) -> str:
     return "; ".join(parts)
 
 
-def serial_bound(p: SweepPoint, row: dict) -> float:
+def serial_bound(model, row: dict) -> float:
     """The row's serial bound (`workloads.steps`: the steps its strategy runs in turn, each at its own roofline), as
     stored; computed for a row of an older code version that did not store it."""
     if row.get("serial_s"):
         return row["serial_s"]
-    return serial_bound_s(build(p.workload()), row["strategy"], row["peak_flop_per_s"], row["dram_bytes_per_s"])
+    return serial_bound_s(model, row["strategy"], row["peak_flop_per_s"], row["dram_bytes_per_s"])
 
 
-def exchange_bytes(p: SweepPoint, row: dict) -> int:
+def exchange_bytes(model, row: dict) -> int:
     """Bytes the row's steps exchange through DRAM (`counts.step_counts`: what crosses each step's boundary, once
     per step; the serial bound's bytes)."""
-    model = build(p.workload())
     return sum(nbytes for _, nbytes in step_counts(model, steps(model, row["strategy"])).values())
 
 
@@ -164,8 +162,9 @@ def main() -> int:
             failed.append(f"- {p.platform} {p.scheme} L={p.context} B={p.batch}: {row.get('error')}")
             print(f"{where} failed | | | | | | | |")
             continue
-        row["serial"] = row["latency_s"] / serial_bound(p, row)
-        row["exchange_bytes"] = exchange_bytes(p, row)
+        model = build(p.workload())  # the layer's graph, once a row
+        row["serial"] = row["latency_s"] / serial_bound(model, row)
+        row["exchange_bytes"] = exchange_bytes(model, row)
         star = "*" if row.get("stale") else ""
         print(f"{where} {row['strategy']}{star} | {row['latency_s'] / row['roofline_s']:.3f} | {row['serial']:.3f} | "
               f"{row['engine_dram_bytes'] / row['dram_bytes']:.3f} | {row['bound']} | {step_name(row['hotspot'])} "

@@ -9,6 +9,7 @@ and its intra-core tile is halved, each time along the dim that shrinks the tile
 in half of the core's largest memory (the other half double-buffers). A Softmax's reduction axis is never tiled.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,7 +235,7 @@ class _CoreShape:
     weights: set
     n: int
 
-    @property
+    @functools.cached_property
     def inputs(self) -> dict[str, list]:
         """Each tensor the core reads and does not make, with the dims indexing it."""
         made = {t.name for node in self.members for t in node.outputs}
@@ -303,10 +304,11 @@ class _CoreShape:
             if not tiled:
                 return None
             loops = [d for d in loops if d in indexing] + [d for d in loops if d not in indexing]
-        least = self.dram_bytes(dict(sizes), [], bytes_per_element)
-        again = {_tensor_name(n): k for n, k in self.reads(extent, loops).items() if k > 1}
-        return CorePlan(split_dim, extent, loops, self.dram_bytes(extent, loops, bytes_per_element), least, sizes,
-                        again)  # fmt: skip
+        times = self.reads(extent, loops)
+        once = dict.fromkeys(times, 1)
+        again = {_tensor_name(n): k for n, k in times.items() if k > 1}
+        return CorePlan(split_dim, extent, loops, self.dram_bytes(times, bytes_per_element),
+                        self.dram_bytes(once, bytes_per_element), sizes, again)  # fmt: skip
 
     def reads(self, extent: dict, loops: list) -> dict[str, int]:
         """How many times the loops read each input from DRAM: once per iteration of every loop outside the innermost
@@ -320,10 +322,9 @@ class _CoreShape:
             found[name] = math.prod(t for d, t in trips[:inner] if d not in dims)
         return found
 
-    def dram_bytes(self, extent: dict, loops: list, bytes_per_element: int) -> int:
-        """Bytes the loops read from DRAM (`reads`)."""
-        inputs, times = self.inputs, self.reads(extent, loops)
-        return bytes_per_element * sum(math.prod(self.sizes[d] for d in inputs[n]) * times[n] for n in inputs)
+    def dram_bytes(self, times: dict[str, int], bytes_per_element: int) -> int:
+        """Bytes read from DRAM when each input is read `times[input]` times (`reads`)."""
+        return bytes_per_element * sum(math.prod(self.sizes[d] for d in self.inputs[n]) * k for n, k in times.items())
 
 
 def fused_attention_mapping(onnx_path: str | Path, stream_hw: dict, bytes_per_element: int,
@@ -375,7 +376,7 @@ def _fused_attention(onnx_path: str | Path, stream_hw: dict, bytes_per_element: 
     vector = [c for c in cores if c not in matrix] or matrix
     budget = (min(c.memory_bytes for c in matrix) // 2, min(c.memory_bytes for c in vector) // 2)
     initializers = {t.name for t in model.graph.initializer}
-    weights = {name for name, _ in operands if name.split(COPY_TAG)[0] in initializers}
+    weights = {name for name, _ in operands if _tensor_name(name) in initializers}
     shape = _CoreShape(wl, members, on_matrix, on_vector, sizes, chunk, heads, per_cache, weights, len(matrix))
     plans = [plan for split_dim in shape.splits() for weights_outer in (False, True)
              if (plan := shape.plan(split_dim, weights_outer, budget, bytes_per_element, extra_halvings))]  # fmt: skip
