@@ -10,6 +10,7 @@ in half of the core's largest memory (the other half double-buffers). A Softmax'
 """
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,14 +179,20 @@ def _operand_dims(wl, node) -> list[list]:
     return [[dims[e.position] for e in amap.results if isinstance(e, AffineDimExpr)] for amap in node.operand_mapping]
 
 
-def _group_footprint(wl, nodes, extent: dict, split: dict, bytes_per_element: int, per_core: bool) -> int:
-    """Bytes of one tile of every distinct tensor the nodes touch (per matrix core: split dims divided)."""
-    seen: dict[str, int] = {}
+def _group_footprint(wl, nodes, extent: dict, split: dict, bytes_per_element: int, per_core: bool,
+                     held: dict | None = None) -> int:  # fmt: skip
+    """Bytes of one tile of every distinct tensor the nodes touch (per matrix core: split dims divided). held: the
+    full sizes; a tensor no temporal loop tiles (its tile is the whole tensor, the same in every iteration) is held
+    once rather than double-buffered, so it counts half against a budget of half the memory."""
+    seen: dict[str, float] = {}
     for node in nodes:
         for tensor, dims in zip(node.tensors, _operand_dims(wl, node), strict=True):
-            size = math.prod(extent[d] // (split.get(d, 1) if per_core else 1) for d in dict.fromkeys(dims))
+            dims = list(dict.fromkeys(dims))
+            size = math.prod(extent[d] // (split.get(d, 1) if per_core else 1) for d in dims)
+            if held is not None and all(extent[d] == held[d] for d in dims):
+                size = size / 2
             seen[tensor.name] = max(seen.get(tensor.name, 0), size)
-    return sum(seen.values()) * bytes_per_element
+    return math.ceil(sum(seen.values()) * bytes_per_element)
 
 
 PLAN_SAVING = 0.05  # another tiling of the attention core replaces the rule of thumb only if it reads this much less
@@ -267,7 +274,7 @@ class _CoreShape:
         return [first] + [d for d in indexes_all if d != first]
 
     def plan(self, split_dim, weights_outer: bool, budget: tuple[int, int], bytes_per_element: int,
-             extra_halvings: int) -> CorePlan | None:  # fmt: skip
+             extra_halvings: int, held: bool = False) -> CorePlan | None:  # fmt: skip
         """Temporal tiles: halve the chunks (one chunk per core in a tile), then the dims that index the cache (batch,
         K/V heads; largest first), then the rest (query rows of one K/V head, largest first), until the matrix
         cores' tiles fit half their memory and the vector core's half its own. Loops, outermost first: the dims
@@ -285,7 +292,8 @@ class _CoreShape:
 
         def fits() -> bool:
             sides = ((self.on_matrix, True, budget[0]), (self.on_vector, False, budget[1]))
-            return all(_group_footprint(wl, nodes, extent, split, bytes_per_element, per_core) <= room
+            return all(_group_footprint(wl, nodes, extent, split, bytes_per_element, per_core,
+                                        sizes if held else None) <= room
                        for nodes, per_core, room in sides)  # fmt: skip
 
         halvings = extra_halvings
@@ -318,8 +326,8 @@ class _CoreShape:
         trips = [(d, self.sizes[d] // extent[d]) for d in loops if self.sizes[d] > extent[d]]
         found = {}
         for name, dims in self.inputs.items():
-            inner = max((i for i, (d, _) in enumerate(trips) if d in dims), default=-1)
-            found[name] = math.prod(t for d, t in trips[:inner] if d not in dims)
+            inner = max((i for i, (d, _) in enumerate(trips) if d in dims), default=None)
+            found[name] = 1 if inner is None else math.prod(t for d, t in trips[:inner] if d not in dims)
         return found
 
     def dram_bytes(self, times: dict[str, int], bytes_per_element: int) -> int:
@@ -378,8 +386,9 @@ def _fused_attention(onnx_path: str | Path, stream_hw: dict, bytes_per_element: 
     initializers = {t.name for t in model.graph.initializer}
     weights = {name for name, _ in operands if _tensor_name(name) in initializers}
     shape = _CoreShape(wl, members, on_matrix, on_vector, sizes, chunk, heads, per_cache, weights, len(matrix))
-    plans = [plan for split_dim in shape.splits() for weights_outer in (False, True)
-             if (plan := shape.plan(split_dim, weights_outer, budget, bytes_per_element, extra_halvings))]  # fmt: skip
+    tilings = itertools.product((False, True), shape.splits(), (False, True))  # held, split, weights outermost
+    plans = [plan for held, split_dim, outer in tilings
+             if (plan := shape.plan(split_dim, outer, budget, bytes_per_element, extra_halvings, held))]  # fmt: skip
     if not plans:
         raise MappingError(f"fused-attention: the attention core's smallest tile does not fit ({', '.join(core)})")
     # the first plan is the rule of thumb (split along the chunks, the cache's loops outermost); another wins only

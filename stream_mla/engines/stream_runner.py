@@ -25,6 +25,7 @@ cores each node ran on; DRAM energy is the off-chip bits moved times the DRAM pJ
 transfer energy (link hops, the on-chip end of each DMA) is `onchip_transfer`.
 """
 
+import functools
 import itertools
 import logging
 import pickle
@@ -34,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
-from stream.api import SolveOptions, evaluate_mapping
+from stream.api import SolveOptions, default_families, evaluate_mapping
 from stream.frontends import load_workload
 from stream.ir.infeasibility import InfeasibleAllocationError
 from stream.workload.node import HasIterationSpace
@@ -46,6 +47,7 @@ from stream_mla.engines.graph_fix import COPY_TAG, shared_inputs, split_shared_i
 from stream_mla.engines.hardware import Hardware
 from stream_mla.engines.registry import finish
 from stream_mla.engines.result import AUTO_STRATEGIES, EngineError, NodeResult, Result
+from stream_mla.engines.stream_families import TRAFFIC_TIE_BREAK
 from stream_mla.engines.stream_guard import BELOW_PHYSICS, EngineBelowPhysics, coverage_of, coverage_probe, violations
 from stream_mla.engines.stream_mapping import (
     PLAN_SAVING,
@@ -110,6 +112,20 @@ def layer_name(stream_node: str) -> str:
     return stream_node
 
 
+def solve_options(hw_yaml: Path, **stage_options) -> SolveOptions:
+    """Stream's options for one run: no artifacts, Stream's default constraint families plus the traffic tie-break
+    (`stream_families.TrafficTieBreak`: of two allocations a few cycles apart, the one that moves less DRAM)."""
+    families = (*_default_families(str(hw_yaml), Path(hw_yaml).read_text()), TRAFFIC_TIE_BREAK)
+    return SolveOptions(artifacts=False, families=families, stage_options=stage_options)
+
+
+@functools.lru_cache(maxsize=64)
+def _default_families(hw_yaml: str, text: str) -> tuple:
+    """Stream's default families for the accelerator (parsing it takes 0.2 s; keyed by its text as well as its path,
+    which a later run may rewrite)."""
+    return default_families(hw_yaml)
+
+
 def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strategy: str, bytes_per_element: int):
     """(estimate, its output folder, the fused core's `CorePlan` or None): one Stream run of `onnx_path` (the graph
     Stream is given, see `stream_graph`).
@@ -138,15 +154,14 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
                 continue
             try:
                 return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out / name), mapping=str(mapping),
-                                        options=SolveOptions(artifacts=False)), out / name, plan  # fmt: skip
+                                        options=solve_options(hw_yaml)), out / name, plan  # fmt: skip
             except InfeasibleAllocationError as exc:
                 failure = first_refusal(failure, exc)
         raise failure
     if strategy == DEFAULT_FUSION:
-        options = SolveOptions(artifacts=False)
-        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options), out, None
+        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=solve_options(hw_yaml)), out, None
     cuts = keep_softmax_cuts(onnx_path) if strategy == "keep-softmax" else "per-layer"
-    options = SolveOptions(artifacts=False, stage_options={"fusion_cut_points": cuts})
+    options = solve_options(hw_yaml, fusion_cut_points=cuts)
     return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options), out, None
 
 

@@ -1,0 +1,58 @@
+"""A constraint family for Stream's allocation solve (its `stream.constraint_families` extension point, registered in
+pyproject.toml): the DRAM traffic as a tie-break inside the latency objective.
+
+Stream's allocation minimises the latency first and the off-chip traffic only among allocations of exactly the same
+latency (lexicographic levels, no tolerance). Latencies that differ by a few cycles of pipeline fill are not the same,
+so an allocation that fetches a tensor again every iteration can win over one that keeps it for a gain far below the
+model's resolution: V3 mla-recompute decode B = 32 L = 1k on h20-like, 8 chunks, the heads' W_UK and W_UV held on
+each core, took 8,482,586 cycles re-fetching both weights in each of its 256 iterations (21.7x the analytic DRAM
+bytes) against 8,482,605 keeping them (19 cycles, 0.0002 %, more fill). A tolerance on the latency level does not
+help: the levels below it spend the whole slack (1e-3 added 0.1 % of fill). This family instead adds the traffic to
+the latency level at `weight` times the cycles the off-chip links take to move it, as Stream's own
+`OffchipTraffic(charge=True)` does at weight 1 when the overlap does not time the off-chip transfers: a cycle of
+latency is worth 1 / weight cycles of DRAM transfer, so only a near-tie goes to the allocation that moves less. The
+latency Stream reports stays its `total_latency`, without this term.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from stream.opt.allocation.constraint_optimization.families import LATENCY
+from stream.opt.solver import ObjectiveLevel
+
+if TYPE_CHECKING:
+    from stream.opt.allocation.constraint_optimization.formulation import FormulationContext
+
+TRAFFIC_TIE_BREAK = "stream_mla_traffic_tie_break"  # its entry-point name (pyproject.toml)
+TRAFFIC_WEIGHT = 1e-3  # a cycle of latency is worth 1,000 cycles of the off-chip links' time
+
+
+class TrafficTieBreak:
+    """The off-chip traffic's transfer time times `weight`, added to Stream's latency objective level."""
+
+    name: ClassVar[str] = TRAFFIC_TIE_BREAK
+    requires: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, weight: float = TRAFFIC_WEIGHT) -> None:
+        if not weight >= 0:
+            raise ValueError(f"{TRAFFIC_TIE_BREAK}: weight must be >= 0, got {weight}")
+        self.weight = weight
+
+    def build(self, ctx: FormulationContext) -> None:
+        """Nothing to constrain: the family only adds to the objective."""
+
+    def objective(self, ctx: FormulationContext) -> list[ObjectiveLevel]:
+        space, z_stop = ctx.space, ctx.vars.z_stop
+        bandwidth = space.offchip_bandwidth()  # bits per cycle across the off-chip boundary
+        if not bandwidth or not self.weight:
+            return []
+        # the bits Stream's own offchip_traffic level counts (per iteration), as in OffchipTraffic.objective
+        traffic = ctx.model.quicksum(
+            space.copied_bits(t) / space.reuse_levels[(t, s)] * z_stop[(t, s)]._raw
+            for t in space.tensors_to_optimize_reuse_for
+            for s in space.stops(t)
+        )._raw
+        cycles_per_bit = self.weight * space.iterations / bandwidth
+        return [ObjectiveLevel(expr=cycles_per_bit * traffic, priority=LATENCY, name="latency")]
