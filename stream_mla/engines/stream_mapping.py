@@ -283,7 +283,10 @@ class _CoreShape:
         starts, so only one tile's split-KV partials are live (chunks outermost, V3 absorb B = 32 L = 32k on
         h100-like kept every sequence's partials, 5.35 MB, on the 4 MB vector core). weights_outer: the dims
         indexing the weights outermost instead, so each weight tile is read once and the cache once per weight tile.
-        None where nothing fits or weights_outer changes nothing."""
+        held: a tensor no temporal loop tiles counts once against the memory (it stays for the whole group, nothing
+        to prefetch), so a core may hold its heads' weights whole beside smaller double-buffered tiles (mla-recompute:
+        each h100-like core's 16 heads of W_UK and W_UV, 4 MiB, at 16 chunks of 64 positions). None where nothing
+        fits or weights_outer changes nothing."""
         wl, sizes, chunk, per_cache = self.wl, self.sizes, self.chunk, self.per_cache
         split = {split_dim: self.n} if split_dim is not None and self.n > 1 else {}
         by_cache = sorted(self.heads, key=lambda d: (d not in per_cache, -sizes[d]))
@@ -320,7 +323,8 @@ class _CoreShape:
 
     def reads(self, extent: dict, loops: list) -> dict[str, int]:
         """How many times the loops read each input from DRAM: once per iteration of every loop outside the innermost
-        loop indexing it that does not index it itself (a tile stays on-chip only while the loops inside it run). A
+        loop indexing it that does not index it itself (a tile stays on-chip only while the loops inside it run);
+        once where no loop that runs more than once indexes it (the whole input stays for the group). A
         tile several matrix cores read is read once (Stream multicasts it over the bus). An estimate that ranks
         tilings: Stream may keep a tensor on-chip longer where its memory allows."""
         trips = [(d, self.sizes[d] // extent[d]) for d in loops if self.sizes[d] > extent[d]]
