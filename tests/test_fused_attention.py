@@ -535,6 +535,18 @@ def test_traffic_tie_break_is_a_stream_family():
         TrafficTieBreak(weight=-1.0)
 
 
+def test_a_missing_tie_break_entry_point_is_one_line(tmp_path, monkeypatch):
+    """An install that predates the entry point (or a STREAM_OVERLAYS list without stream-mla): Stream would fail on
+    an unknown family name; the runner says what to do instead."""
+    from stream_mla.engines.result import EngineError
+
+    monkeypatch.setattr(stream_runner, "available_families", dict)
+    hw_yaml = tmp_path / "hw.yaml"
+    hw_yaml.write_text((ROOT / "accelerators" / "stream" / "edge-npu.yaml").read_text() + "# another text\n")
+    with pytest.raises(EngineError, match=r"stream_mla_traffic_tie_break .*reinstall the package \(pip install"):
+        stream_runner.solve_options(hw_yaml)
+
+
 @pytest.mark.parametrize(
     ("platform", "batch", "context", "chunks", "control"),
     [("h20-like", 32, 1024, 8, 10.0), ("tpu-v5e-like", 1, 4096, 4, 1.15)],

@@ -38,6 +38,7 @@ import onnx
 from stream.api import SolveOptions, default_families, evaluate_mapping
 from stream.frontends import load_workload
 from stream.ir.infeasibility import InfeasibleAllocationError
+from stream.opt.allocation.constraint_optimization.families import available_families
 from stream.workload.node import HasIterationSpace
 from stream.workload.normalization import expand_normalizations
 
@@ -122,7 +123,13 @@ def solve_options(hw_yaml: Path, **stage_options) -> SolveOptions:
 @functools.lru_cache(maxsize=64)
 def _default_families(hw_yaml: str, text: str) -> tuple:
     """Stream's default families for the accelerator (parsing it takes 0.2 s; keyed by its text as well as its path,
-    which a later run may rewrite)."""
+    which a later run may rewrite). Stream finds the tie-break through the package's installed entry point: an
+    install older than it, or a STREAM_OVERLAYS list without this distribution, is a one-line error, not a solve
+    that fails on an unknown family."""
+    if TRAFFIC_TIE_BREAK not in available_families():
+        raise EngineError(f"Stream does not see the constraint family {TRAFFIC_TIE_BREAK} (an entry point of "
+                          "stream-mla's pyproject.toml): reinstall the package (pip install -e .), and if "
+                          "STREAM_OVERLAYS is set, add stream-mla to it")  # fmt: skip
     return default_families(hw_yaml)
 
 
