@@ -180,16 +180,16 @@ def _operand_dims(wl, node) -> list[list]:
 
 
 def _group_footprint(wl, nodes, extent: dict, split: dict, bytes_per_element: int, per_core: bool,
-                     held: dict | None = None) -> int:  # fmt: skip
-    """Bytes of one tile of every distinct tensor the nodes touch (per matrix core: split dims divided). held: the
-    full sizes; a tensor no temporal loop tiles (its tile is the whole tensor, the same in every iteration) is held
-    once rather than double-buffered, so it counts half against a budget of half the memory."""
+                     whole: dict | None = None) -> int:  # fmt: skip
+    """Bytes of one tile of every distinct tensor the nodes touch (per matrix core: split dims divided). whole: the
+    dims' full sizes, given to hold a tensor no temporal loop tiles (its tile is the whole tensor, the same in every
+    iteration) once rather than double-buffered: it counts half against a budget of half the memory."""
     seen: dict[str, float] = {}
     for node in nodes:
         for tensor, dims in zip(node.tensors, _operand_dims(wl, node), strict=True):
             dims = list(dict.fromkeys(dims))
             size = math.prod(extent[d] // (split.get(d, 1) if per_core else 1) for d in dims)
-            if held is not None and all(extent[d] == held[d] for d in dims):
+            if whole is not None and all(extent[d] == whole[d] for d in dims):
                 size = size / 2
             seen[tensor.name] = max(seen.get(tensor.name, 0), size)
     return math.ceil(sum(seen.values()) * bytes_per_element)
