@@ -1,5 +1,6 @@
 """A constraint family for Stream's allocation solve (its `stream.constraint_families` extension point, registered in
-pyproject.toml): the DRAM traffic as a tie-break inside the latency objective.
+pyproject.toml): the DRAM traffic as a tie-break inside the latency objective (write-up for Stream's maintainers:
+docs/stream-lexicographic-near-ties.md).
 
 Stream's allocation minimises the latency first and the off-chip traffic only among allocations of exactly the same
 latency (lexicographic levels, no tolerance). Latencies that differ by a few cycles of pipeline fill are not the same,
