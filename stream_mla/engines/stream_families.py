@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from stream.opt.allocation.constraint_optimization.families import LATENCY
+from stream.opt.allocation.constraint_optimization.families.offchip import OffchipTraffic
 from stream.opt.solver import ObjectiveLevel
 
 if TYPE_CHECKING:
@@ -49,15 +50,12 @@ class TrafficTieBreak:
         """Nothing to constrain: the family only adds to the objective."""
 
     def objective(self, ctx: FormulationContext) -> list[ObjectiveLevel]:
-        space, z_stop = ctx.space, ctx.vars.z_stop
+        space = ctx.space
         bandwidth = space.offchip_bandwidth()  # bits per cycle across the off-chip boundary
         if not bandwidth or not self.weight:
             return []
-        # the bits Stream's own offchip_traffic level counts (per iteration), as in OffchipTraffic.objective
-        traffic = ctx.model.quicksum(
-            space.copied_bits(t) / space.reuse_levels[(t, s)] * z_stop[(t, s)]._raw
-            for t in space.tensors_to_optimize_reuse_for
-            for s in space.stops(t)
-        )._raw
+        # the bits per iteration Stream's own offchip_traffic level counts (its expression, not a copy of it)
+        levels = OffchipTraffic(charge=False).objective(ctx)
+        traffic = next(level.expr for level in levels if level.name == OffchipTraffic.name)
         cycles_per_bit = self.weight * space.iterations / bandwidth
         return [ObjectiveLevel(expr=cycles_per_bit * traffic, priority=LATENCY, name="latency")]
