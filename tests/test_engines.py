@@ -184,6 +184,55 @@ def test_fixed_mapping_tiles_like_the_hand_mapping():
             fixed_mapping(onnx_path, small, 2)
 
 
+def test_a_matrix_layer_streams_its_weights_in_pipeline_tiles():
+    """Stream overlaps a group's loads with its compute only from one iteration to the next: a matrix layer that fits
+    the memory in one tile still runs in PIPELINE_TILES tiles or more (or one per output element), each cut along an
+    output dim (no partial sums) that indexes its largest input, while a vector op keeps the tile that fits. V3
+    absorb decode B = 32 on h100-like: kv_down and v_up (1.0 and 2.1 MB of weights a core) fit one tile; o_proj
+    (29 MB a core) is cut by the memory."""
+    from stream.frontends import load_workload
+    from xdsl.ir.affine import AffineDimExpr
+
+    from stream_mla.engines.stream_mapping import (
+        MATRIX_OPS,
+        PIPELINE_TILES,
+        compute_cores,
+        dim_sizes,
+        fixed_mapping,
+        footprint,
+    )
+
+    spec = make_spec(model=MODELS["deepseek-v3"], scheme="mla-absorb", phase="decode", batch=32, context=1024)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export(spec, Path(tmp) / "absorb.onnx")
+        hw = Hardware.from_platform(PRESETS["h100-like"]).stream
+        m = fixed_mapping(onnx_path, hw, 2)
+        nodes = {n.name: n for n in load_workload(str(onnx_path)).dataflow_sort()}
+    layers = {layer["name"]: layer for layer in m["layers"]}
+    budget = max(c.memory_bytes for c in compute_cores(hw)) // 2  # the matrix cores'
+    checked = set()
+    for group in m["fused_groups"]:
+        if len(group["layers"]) != 1:
+            continue
+        node = nodes[group["name"]]
+        sizes = dim_sizes(node)
+        for split in layers[node.name].get("inter_core_tiling", [[]])[0]:
+            sizes[int(split["dim"][1:])] //= split["split"]
+        tiles = {int(t["dim"].split(".D")[1]): t["tile"] for t in group["intra_core_tiling"]}
+        outputs = {e.position for e in node.operand_mapping[-1].results if isinstance(e, AffineDimExpr)}
+        if node.type in MATRIX_OPS:
+            weights = max(range(len(node.tensors) - 1), key=lambda i: math.prod(node.tensors[i].shape))
+            indexing = {e.position for e in node.operand_mapping[weights].results if isinstance(e, AffineDimExpr)}
+            cut_whole = all(tiles.get(d, sizes[d]) == 1 for d in outputs & indexing)  # nothing left to cut
+            assert math.prod(sizes[d] // t for d, t in tiles.items()) >= PIPELINE_TILES or cut_whole, node.name
+            if footprint(node, sizes, 2) <= budget:  # one tile fits: every cut is the pipeline's
+                assert set(tiles) <= outputs & indexing, node.name  # its other inputs stay across the tiles
+                checked.add(node.name)
+        elif math.prod(sizes.values()) * 4 < 1e6:  # a norm's few kB: one tile
+            assert tiles == {}, node.name
+    assert {"kv_down", "v_up"} <= checked, checked
+
+
 def test_fixed_mapping_agrees_with_the_generic_mapper(edge_runs):
     generic = edge_runs["mha"]
     r = evaluate(decode("mha"), "edge-npu", strategy="fixed-mapping")

@@ -27,6 +27,11 @@ from stream_mla.engines.graph_fix import COPY_TAG, UNIT_TAG
 from stream_mla.workloads.steps import MappingError, attention_core, cache_inputs, weight_products
 
 MATRIX_OPS = ("MatMul", "Gemm", "Einsum", "Conv")
+# Temporal tiles a matrix layer's group runs in at least (layer_mapping): Stream overlaps a group's DRAM transfers
+# with its compute only from one iteration to the next, so a group of one tile pays its whole load before its compute
+# (V3 absorb B = 32 L = 4k on tpu-v5e-like: q_absorb and v_up 1.26x and 1.16x their own roofline in one tile, 1.01x
+# in 16); a tile is 1/16 of what the layer moves, the part of its load no compute hides.
+PIPELINE_TILES = 16
 # Elementwise ops our graphs use that Stream 2.1.1 ships no parser for (engines.md §5.5): the split-KV graphs' Exp
 EXTRA_ELEMENTWISE = ("Exp",)
 
@@ -112,14 +117,26 @@ def layer_mapping(node: HasIterationSpace, cores: list[Core], bytes_per_element:
         tile[split_dim] //= len(on)
     per_core = dict(tile)  # tile is per core: tile x split divides the dim
     budget = min(c.memory_bytes for c in (cores if smallest else on)) // 2
+
+    def gain(d: int) -> tuple:  # bytes saved by halving d; then parallel dims (no partial sums), larger tiles
+        return need - footprint(node, {**tile, d: _halve(tile[d])}, bytes_per_element), d in parallel, tile[d]
+
     while (need := footprint(node, tile, bytes_per_element)) > budget:
         candidates = [d for d in sizes if d not in reduced and tile[d] > 1]
         if not candidates:
             raise MappingError(f"layer {node.name}: its smallest tile needs {need} B, the memory holds {budget * 2} B")
-
-        def gain(d: int) -> tuple:  # bytes saved by halving d; then parallel dims (no partial sums), larger tiles
-            return need - footprint(node, {**tile, d: _halve(tile[d])}, bytes_per_element), d in parallel, tile[d]
-
+        d = max(candidates, key=gain)
+        tile[d] = _halve(tile[d])
+    # a matrix layer: at least PIPELINE_TILES tiles (see there), cut along the output dims that index its largest
+    # input (its weights): no partial sums, and its other inputs stay on-chip across the tiles (a cut of a GEMV's
+    # rows would read its weights again per row tile; a cut of its columns reads x once)
+    operands = [[e.position for e in amap.results if isinstance(e, AffineDimExpr)] for amap in node.operand_mapping]
+    largest = max(operands[:-1], key=lambda dims: math.prod(sizes[d] for d in dims))
+    while op in MATRIX_OPS and math.prod(per_core[d] // tile[d] for d in tile) < PIPELINE_TILES:
+        candidates = [d for d in parallel if d in largest and tile[d] > 1]
+        if not candidates:
+            break
+        need = footprint(node, tile, bytes_per_element)
         d = max(candidates, key=gain)
         tile[d] = _halve(tile[d])
     tiles = [{"dim": f"{node.name}.D{d}", "tile": t} for d, t in sorted(tile.items()) if t != per_core[d]]
