@@ -52,6 +52,16 @@ static_power_w: 2.5
 """
 
 
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_links_carry_what_the_sram_port_does(name: str) -> None:
+    """On-chip links (matrix core <-> vector core) as wide as a core's SRAM port, and never narrower than the DRAM
+    port: at 4,096 bits/cycle tpu-v5e-like's links (768 GB/s, below its 819 GB/s HBM) bound its fused attention core
+    (presets.py)."""
+    p = PRESETS[name]
+    assert p.link_bits_per_cycle == p.sram_bits_per_cycle
+    assert p.link_bits_per_cycle * p.clock_ghz * 1e9 / 8 >= p.dram_bytes_per_s
+
+
 @pytest.mark.parametrize("name", TABLE)
 def test_preset_matches_table(name: str) -> None:
     peak, ridge, bpc, ghz, sram, dram_pj = TABLE[name]

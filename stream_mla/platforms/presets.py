@@ -22,6 +22,14 @@ preset's clock, rounded down to a power of two: 16,384 lanes on both (the rates 
 a power-of-two tile dim over the lanes, so lanes beyond one would sit idle on every op and overstate the rate). Until
 stop 19 they had 2,048 and 1,024 lanes, a fraction of the parts' CUDA cores, which made the one vector core the
 bottleneck of every fused softmax at B = 32 (V3 absorb L = 32k on h100-like: 1.517x the roofline, 1.029x now).
+
+Links (modelling choice, derived): the link between two on-chip cores, and so between each matrix core and the vector
+core, is as wide as a core's SRAM port: the path a TensorCore's VPU or an SM's CUDA cores read the matrix unit's
+results over is on-chip memory, and Stream's own FuseMax example joins its array and vector cores by a shared memory,
+not a link. Until stop 22 they were 1,024 (edge-npu), 4,096 (cloud-fusemax, tpu-v5e-like: 768 GB/s on tpu-v5e-like,
+less than its HBM) and 8,192 bits/cycle (GPU presets), and on tpu-v5e-like they bound the fused attention core at
+B = 32: Stream sends each probability tile to one matrix core over one link (V3 absorb B = 32 L = 4k: 1.182x the
+core's own roofline; 1.013x with the SRAM port's width).
 """
 
 from stream_mla.platforms.spec import PlatformSpec
@@ -40,13 +48,18 @@ _HOPPER = {
     "vector_lanes": 16384,  # 67 TFLOP/s FP32 / (2 x 1.83 GHz) = 18,306, to a power of two (see above)
     "vector_pj_per_op": 0.5,
     "mac_rate": {"fp8": 2, "int8": 2},  # 1,979 TFLOP/s fp8 and TOP/s int8 dense (datasheet)
-    "link_bits_per_cycle": 8192,
     **_RF,
     **_COMMERCIAL_PJ,
 }
 
+
+def _sram_links(p: PlatformSpec) -> PlatformSpec:
+    """The preset with its on-chip links as wide as a core's SRAM port (see the module docstring)."""
+    return p.model_copy(update={"link_bits_per_cycle": p.sram_bits_per_cycle})
+
+
 PRESETS: dict[str, PlatformSpec] = {
-    p.name: p
+    p.name: _sram_links(p)
     for p in (
         # FLAT/ZigZag-LLM edge template: 32×32 @ 250 MHz, 2 MB buffer, 8 GB/s at 25 pJ/bit (template fields).
         PlatformSpec(
@@ -64,7 +77,6 @@ PRESETS: dict[str, PlatformSpec] = {
             vector_pj_per_op=1.5,
             dram_gb_s=8,
             dram_pj_per_bit=25.0,
-            link_bits_per_cycle=1024,
             **_RF,
         ),
         # FLAT/FuseMax cloud accelerator: 256×256 @ 940 MHz, 32 MB at 8 TB/s (= 68,085 bits/cycle), 400 GB/s.
@@ -116,7 +128,6 @@ PRESETS: dict[str, PlatformSpec] = {
             vector_pj_per_op=0.5,
             mac_rate={"fp8": 2, "int8": 2},  # 296 TFLOP/s fp8 / TOP/s int8 dense
             dram_gb_s=4000,
-            link_bits_per_cycle=8192,
             **_RF,
             **_COMMERCIAL_PJ,
         ),
