@@ -82,10 +82,14 @@ def dim_sizes(node: HasIterationSpace) -> dict[int, int]:
     return sizes
 
 
+def operand_positions(node: HasIterationSpace) -> list[list[int]]:
+    """Per operand (inputs, then the output), the positions of the dims that index it."""
+    return [[e.position for e in amap.results if isinstance(e, AffineDimExpr)] for amap in node.operand_mapping]
+
+
 def footprint(node: HasIterationSpace, tile: dict[int, int], bytes_per_element: int) -> int:
     """Bytes of one tile of every operand (inputs and output)."""
-    dims = [[e.position for e in amap.results if isinstance(e, AffineDimExpr)] for amap in node.operand_mapping]
-    return sum(math.prod(tile[d] for d in operand) for operand in dims) * bytes_per_element
+    return sum(math.prod(tile[d] for d in operand) for operand in operand_positions(node)) * bytes_per_element
 
 
 def _halve(n: int) -> int:
@@ -102,7 +106,7 @@ def layer_mapping(node: HasIterationSpace, cores: list[Core], bytes_per_element:
     if not on:
         raise MappingError(f"layer {node.name}: no core executes {op}")
     sizes = dim_sizes(node)
-    out_dims = [e.position for e in node.operand_mapping[-1].results if isinstance(e, AffineDimExpr)]
+    *inputs, out_dims = operand_positions(node)
     reduced = set(node.reduction_axes) if isinstance(node, NormalizationNode) else set()
     parallel = [d for d in out_dims if d not in reduced]
     layer = {"name": node.name, "core_allocation": [[c.id for c in on]]}
@@ -118,27 +122,27 @@ def layer_mapping(node: HasIterationSpace, cores: list[Core], bytes_per_element:
     per_core = dict(tile)  # tile is per core: tile x split divides the dim
     budget = min(c.memory_bytes for c in (cores if smallest else on)) // 2
 
-    def gain(d: int) -> tuple:  # bytes saved by halving d; then parallel dims (no partial sums), larger tiles
-        return need - footprint(node, {**tile, d: _halve(tile[d])}, bytes_per_element), d in parallel, tile[d]
+    def halve_best(candidates: list[int]) -> None:  # most bytes saved; then parallel dims (no partial sums), larger
+        need = footprint(node, tile, bytes_per_element)
+        d = max(candidates, key=lambda d: (need - footprint(node, {**tile, d: _halve(tile[d])}, bytes_per_element),
+                                           d in parallel, tile[d]))  # fmt: skip
+        tile[d] = _halve(tile[d])
 
     while (need := footprint(node, tile, bytes_per_element)) > budget:
         candidates = [d for d in sizes if d not in reduced and tile[d] > 1]
         if not candidates:
             raise MappingError(f"layer {node.name}: its smallest tile needs {need} B, the memory holds {budget * 2} B")
-        d = max(candidates, key=gain)
-        tile[d] = _halve(tile[d])
-    # a matrix layer: at least PIPELINE_TILES tiles (see there), cut along the output dims that index its largest
-    # input (its weights): no partial sums, and its other inputs stay on-chip across the tiles (a cut of a GEMV's
-    # rows would read its weights again per row tile; a cut of its columns reads x once)
-    operands = [[e.position for e in amap.results if isinstance(e, AffineDimExpr)] for amap in node.operand_mapping]
-    largest = max(operands[:-1], key=lambda dims: math.prod(sizes[d] for d in dims))
-    while op in MATRIX_OPS and math.prod(per_core[d] // tile[d] for d in tile) < PIPELINE_TILES:
-        candidates = [d for d in parallel if d in largest and tile[d] > 1]
-        if not candidates:
-            break
-        need = footprint(node, tile, bytes_per_element)
-        d = max(candidates, key=gain)
-        tile[d] = _halve(tile[d])
+        halve_best(candidates)
+    if op in MATRIX_OPS:
+        # at least PIPELINE_TILES tiles (see there), cut along the output dims that index the largest input (its
+        # weights): no partial sums, and the other inputs stay on-chip across the tiles (a cut of a GEMV's rows would
+        # read its weights again per row tile; a cut of its columns reads x once)
+        largest = max(inputs, key=lambda dims: math.prod(sizes[d] for d in dims))
+        while math.prod(per_core[d] // tile[d] for d in tile) < PIPELINE_TILES:
+            candidates = [d for d in parallel if d in largest and tile[d] > 1]
+            if not candidates:
+                break
+            halve_best(candidates)
     tiles = [{"dim": f"{node.name}.D{d}", "tile": t} for d, t in sorted(tile.items()) if t != per_core[d]]
     return layer, tiles
 
