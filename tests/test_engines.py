@@ -91,6 +91,18 @@ def test_engine_diagnostics_of_a_sweep_row(edge_runs, scheme):
     assert 0 < d["hotspot_mac_util"] <= 1
     # Stream moves what the layer-by-layer reference moves: no step re-fetches more than 2 % of the layer's bytes
     assert 0 <= d["excess_bytes"] <= 0.02 * r.dram_bytes
+    # the lag step: each step's own roofline typed in from the preset (MACs over the array's PEs per cycle, bytes
+    # over GB/s per cycle); the step furthest above its own, as a ratio and as a share of the run's cycles
+    per_cycle = p.dram_gb_s / p.clock_ghz  # bytes per cycle (GB/s over GHz)
+    own = {n.name: max(n.macs / (p.cores * p.rows * p.cols), n.dram_bytes / per_cycle) for n in r.nodes}
+    lost = {n.name: n.cycles - own[n.name] for n in r.nodes}
+    lag = max(lost, key=lost.get)
+    assert d["lag_step"] == lag
+    assert d["lag_ratio"] == pytest.approx((lost[lag] + own[lag]) / own[lag], rel=1e-9)
+    assert d["lag_share"] == pytest.approx(lost[lag] / r.latency_cycles, rel=1e-9)
+    assert 0 < d["lag_share"] < 1
+    # no step runs faster than its own roofline (the DRAM port Stream is given rounds to whole bits per cycle)
+    assert min(n.cycles / own[n.name] for n in r.nodes if own[n.name]) >= 1 - 1e-3
 
 
 def test_mha_is_dram_dominated_and_slower_than_absorb(edge_runs):

@@ -197,8 +197,8 @@ def _group_constants(p: SweepPoint, g: _Group) -> tuple[dict, object]:
                                                              ("act_", "activations"))},  # fmt: skip
         "platform": cp.name.split("@")[0], "engine_version": _points.engine_version(p.engine),
         "clock_ghz": cp.clock_ghz, "peak_flop_per_s": cp.peak_flop_per_s, "dram_bytes_per_s": cp.dram_bytes_per_s,
-        "ridge": cp.ridge_flop_per_byte, "serial_s": None, "hotspot": None, "hotspot_cycle_share": None,
-        "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None, "strategies": "{}", "strategy": "roofline",
+        "ridge": cp.ridge_flop_per_byte, **dict.fromkeys(_points.DIAGNOSTICS), "strategies": "{}",
+        "strategy": "roofline",
         "energy_onchip_memory_pj": 0.0, "energy_onchip_transfer_pj": 0.0, "energy_static_pj": 0.0,
         "engine_wall_s": 0.0, "warnings": "[]",
     }  # fmt: skip

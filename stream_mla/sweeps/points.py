@@ -30,6 +30,9 @@ ENGINES = registry.sweep_names()
 Engine = Literal[ENGINES]
 ENGINE_PACKAGES = registry.packages()
 
+# An engine row's own diagnostics (`engine_diagnostics`, the serial bound); None on an analytic row.
+DIAGNOSTICS = ("serial_s", "hotspot", "hotspot_cycle_share", "hotspot_mac_util", "excess_step", "excess_bytes",
+               "lag_step", "lag_ratio", "lag_share")  # fmt: skip
 ROW_COLUMNS = (
     "key", "status", "error", "model", "scheme", "phase", "part", "batch", "context", "queries", "window",
     "kv_chunks", "kv_heads", "precision", "kv_precision", "act_precision", "platform", "bw_scale",
@@ -37,8 +40,8 @@ ROW_COLUMNS = (
     "macs", "macs_causal", "weight_bytes", "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes",
     "oi", "roofline_compute_s", "roofline_memory_s", "roofline_s", "bound", "latency_cycles", "latency_s",
     "energy_pj", "energy_mac_pj", "energy_onchip_memory_pj", "energy_dram_pj", "energy_onchip_transfer_pj",
-    "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings", "layer_by_layer_bytes", "serial_s",
-    "hotspot", "hotspot_cycle_share", "hotspot_mac_util", "excess_step", "excess_bytes", "strategies",
+    "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings", "layer_by_layer_bytes", *DIAGNOSTICS,
+    "strategies",
 )  # fmt: skip
 
 
@@ -124,17 +127,31 @@ class SweepPoint(BaseModel):
 
 def engine_diagnostics(res: Result, counts: dict, p: PlatformSpec) -> dict:
     """Why an engine run departs from the roofline, from its own steps: the step taking most cycles (its share
-    and its attained fraction of the platform's peak MAC rate) and the step that moved most DRAM bytes beyond
-    its nodes' own inputs and outputs (a re-fetch inside the step: its working set did not fit on-chip)."""
+    and its attained fraction of the platform's peak MAC rate), the step that moved most DRAM bytes beyond
+    its nodes' own inputs and outputs (a re-fetch inside the step: its working set did not fit on-chip), and the
+    step that runs most cycles beyond its own roofline (its MACs at the peak rate or the bytes it moved at the DRAM
+    bandwidth, whichever takes longer): its cycles over that roofline and the cycles beyond it over the run's. The
+    steps run in turn (engines.md trap 9), so the run's time above the sum of its steps' own rooflines is the sum of
+    what each step loses, and the lag step names the largest part."""
     io = {n["name"]: n["io_bytes"] for n in counts["nodes"]}
     total = sum(n.cycles for n in res.nodes)
     hot = max(res.nodes, key=lambda n: n.cycles)
-    peak_per_cycle = p.peak_mac_per_s / (p.clock_ghz * 1e9)
+    clock = p.clock_ghz * 1e9
+    peak_per_cycle, dram_per_cycle = p.peak_mac_per_s / clock, p.dram_bytes_per_s / clock
     excess = {n.name: n.dram_bytes - sum(io.get(part, 0) for part in n.name.split("+")) for n in res.nodes}
     worst = max(excess, key=excess.get)
-    return {"hotspot": hot.name, "hotspot_cycle_share": hot.cycles / total if total else None,
-            "hotspot_mac_util": hot.macs / (hot.cycles * peak_per_cycle) if hot.cycles else None,
-            "excess_step": worst, "excess_bytes": max(excess[worst], 0.0)}  # fmt: skip
+    own = {n.name: max(n.macs / peak_per_cycle, n.dram_bytes / dram_per_cycle) for n in res.nodes}
+    lag = max(res.nodes, key=lambda n: n.cycles - own[n.name])
+    return {
+        "hotspot": hot.name,
+        "hotspot_cycle_share": hot.cycles / total if total else None,
+        "hotspot_mac_util": hot.macs / (hot.cycles * peak_per_cycle) if hot.cycles else None,
+        "excess_step": worst,
+        "excess_bytes": max(excess[worst], 0.0),
+        "lag_step": lag.name,
+        "lag_ratio": lag.cycles / own[lag.name] if own[lag.name] else None,
+        "lag_share": max(lag.cycles - own[lag.name], 0.0) / res.latency_cycles if res.latency_cycles else None,
+    }
 
 
 def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None = None) -> dict:
@@ -156,8 +173,7 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         "kv_read_bytes": b["kv_read"], "kv_write_bytes": b["kv_write"], "activation_bytes": b["activations"],
         "dram_bytes": b["total"], "oi": counts["operational_intensity"], "roofline_compute_s": r.compute_s,
         "roofline_memory_s": r.memory_s, "roofline_s": r.bound_s, "bound": r.bound,
-        "layer_by_layer_bytes": counts["bytes_layer_by_layer"], "serial_s": None, "hotspot": None,
-        "hotspot_cycle_share": None, "hotspot_mac_util": None, "excess_step": None, "excess_bytes": None,
+        "layer_by_layer_bytes": counts["bytes_layer_by_layer"], **dict.fromkeys(DIAGNOSTICS),
     }  # fmt: skip
     engine, strategy = registry.parse(point.engine)
     scratch = workdir is None and engine.runs_in_process  # an engine process writes its files into a folder

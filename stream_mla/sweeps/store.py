@@ -43,7 +43,7 @@ INT_COLUMNS = ("batch", "context", "queries", "window", "kv_chunks", "kv_heads",
                "layer_by_layer_bytes")  # fmt: skip
 TEXT_COLUMNS = ("key", "status", "error", "model", "scheme", "phase", "part", "precision", "kv_precision",
                 "act_precision", "platform", "engine", "engine_version", "strategy", "bound", "warnings", "strategies",
-                "hotspot", "excess_step")  # fmt: skip
+                "hotspot", "excess_step", "lag_step")  # fmt: skip
 SORT_COLUMNS = ("engine", "model", "scheme", "phase", "batch", "context", "platform", "bw_scale", "key")
 FORMATS = ("csv", "parquet")
 TEXT_DTYPE = "str" if int(pd.__version__.split(".")[0]) >= 3 else object  # pandas 3's default string dtype
