@@ -409,8 +409,16 @@ def test_evaluate_works_from_a_script_without_a_main_guard(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("cycles "), r.stderr
 
 
-ENGINE_SWEEP = {"models": ["deepseek-v3"], "schemes": ["mha"], "context": [4096], "platforms": ["h100-like"],
-                "engines": ["stream"]}  # fmt: skip
+# B = 32 and an empty cost cache (`cold_cache`): a Stream run of 12 s on this machine, so a signal sent a second after
+# the engine starts lands mid-run even when a loaded machine delays the test (B = 1 with a warm cache: 6 s)
+ENGINE_SWEEP = {"models": ["deepseek-v3"], "schemes": ["mha"], "context": [4096], "batch": [32],
+                "platforms": ["h100-like"], "engines": ["stream"]}  # fmt: skip
+
+
+def cold_cache(tmp_path: Path) -> dict:
+    """The environment of a CLI child with an empty cost cache of its own: its engine run searches every layer,
+    whatever earlier tests left in the session's cost cache."""
+    return {**os.environ, "STREAM_MLA_CACHE": str(tmp_path / "cold-cache")}
 
 
 def _engines_of(pid: int, timeout: float = 120) -> list[psutil.Process]:
@@ -437,7 +445,7 @@ def _gone(procs: list[psutil.Process], timeout: float = 10) -> bool:
 def test_stopping_a_sweep_leaves_no_engine_running(tmp_path, how, code):
     spec = spec_file(tmp_path, ENGINE_SWEEP, SMALL)
     p = cli_proc("sweep", spec, "--db", tmp_path / "r.sqlite", "-q", stdout=subprocess.DEVNULL,
-                 stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+                 stderr=subprocess.PIPE, start_new_session=True, env=cold_cache(tmp_path))  # fmt: skip
     engines = _engines_of(p.pid)
     if how == "ctrl-c":
         os.killpg(p.pid, signal.SIGINT)  # the terminal sends it to the whole foreground group
@@ -453,9 +461,10 @@ def test_stopping_a_sweep_leaves_no_engine_running(tmp_path, how, code):
         assert len(store.keys("ok")) == 4
 
 
-def test_ctrl_c_in_run_exits_quietly_and_stops_the_engine():
-    p = cli_proc("run", "--model", "deepseek-v3", "--scheme", "mha", "--platform", "h100-like", "--json",
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+def test_ctrl_c_in_run_exits_quietly_and_stops_the_engine(tmp_path):
+    p = cli_proc("run", "--model", "deepseek-v3", "--scheme", "mha", "--platform", "h100-like", "--batch", "32",
+                 "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                 env=cold_cache(tmp_path))  # fmt: skip
     engines = _engines_of(p.pid)
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=60)

@@ -110,15 +110,16 @@ def test_store_round_trip_and_deterministic_exports(tmp_path):
 
 
 # Analytic points are written a chunk per transaction: with chunks of one point, slowed down, a kill lands mid-sweep
+# (0.25 s a chunk: the 32 points after the 8th take 8 s, time enough for a parent slowed by a loaded machine)
 CHILD = """
 import sys, time
 import stream_mla.sweeps.runner as r
 from stream_mla.sweeps.spec import SweepSpec
 orig = r.run_analytic_batch
-def slow(points, store, on_chunk=None, **kw):  # each chunk committed, then 0.05 s before the next one is written
+def slow(points, store, on_chunk=None, **kw):  # each chunk committed, then 0.25 s before the next one is written
     def sleepy(computed, failed):
         on_chunk(computed, failed)
-        time.sleep(0.05)
+        time.sleep(0.25)
     return orig(points, store, on_chunk=sleepy, **kw)
 r.run_analytic_batch = slow
 r.ANALYTIC_CHUNK = 1
