@@ -319,6 +319,15 @@ def _references(r: pd.Series) -> dict[str, float]:
     return {k: float(v) for k, v in refs.items() if pd.notna(v)}
 
 
+def _bytes_reason(r: pd.Series, ratio: float, refs: dict[str, float]) -> str:
+    """Why an engine row's DRAM bytes fail C1: where they lie among the spec's references, and the cause the row's own
+    diagnostics name (the fused core's planned re-reads, else the step re-fetching most), or that it names none."""
+    why = planned_rereads(r) or _refetch(r)
+    cause = f"the cause, from the row: {why}" if why else "nothing in the row names its cause"
+    return (f"{r['engine']} rows move {ratio:.2f}x the analytic bytes, which matches no reference of the spec "
+            f"({_bracket(ratio, refs)}); {cause}.")  # fmt: skip
+
+
 def _bracket(ratio: float, refs: dict[str, float]) -> str:
     """Where a ratio lies among the references: above all, below all, or between the two nearest."""
     below = {k: v for k, v in refs.items() if v <= ratio}
@@ -358,9 +367,7 @@ def _c1_engine(r: pd.Series) -> Check:
     return _check(
         "C1", f"engine/analytic DRAM bytes, {short(r['scheme'])} {_at(r)}", r["engine"], ratio, ref,
         evidence=(_ev(r, "engine_dram_bytes"), _ev(r, "dram_bytes")),
-        reason=lambda: f"{r['engine']} rows move {ratio:.2f}x the analytic bytes, which no reference of the spec "
-        f"explains ({_bracket(ratio, refs)})" + next((f": {why}." for why in (planned_rereads(r), _refetch(r)) if why),
-                                                     "."),
+        reason=lambda: _bytes_reason(r, ratio, refs),
         note="" if name == "analytic" else f"matches the {name} ({ref:.2f}x)", detail=lambda: _util(r),
     )  # fmt: skip
 

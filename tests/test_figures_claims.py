@@ -195,9 +195,10 @@ def test_engine_reasons_come_from_the_rows(table):
     fails = [c for c in r.of("C1", "stream") if c.verdict == "FAIL"]
     assert fails and all(c.measured == pytest.approx(2.06) for c in fails)
     assert fails[0].reason.startswith(
-        "stream rows move 2.06x the analytic bytes, which no reference of the spec "
-        "explains (more than any: the largest is the layer-by-layer exchange, "
+        "stream rows move 2.06x the analytic bytes, which matches no reference of the spec "
+        "(more than any: the largest is the layer-by-layer exchange, "
     )
+    assert fails[0].reason.endswith("; nothing in the row names its cause.")  # a synthetic row: no step diagnostics
     assert fails[0].note.startswith("T/roofline 1.02, DRAM engine/analytic 2.06")  # the full diagnostics
     # moving exactly the layer-by-layer bytes (no reuse between steps) is explained, not a failure
     spill["engine_dram_bytes"] = spill["layer_by_layer_bytes"].astype(float)
