@@ -130,9 +130,10 @@ def engine_diagnostics(res: Result, counts: dict, p: PlatformSpec) -> dict:
     and its attained fraction of the platform's peak MAC rate), the step that moved most DRAM bytes beyond
     its nodes' own inputs and outputs (a re-fetch inside the step: its working set did not fit on-chip), and the
     step that runs most cycles beyond its own roofline (its MACs at the peak rate or the bytes it moved at the DRAM
-    bandwidth, whichever takes longer): its cycles over that roofline and the cycles beyond it over the run's. The
-    steps run in turn (engines.md trap 9), so the run's time above the sum of its steps' own rooflines is the sum of
-    what each step loses, and the lag step names the largest part."""
+    bandwidth, whichever takes longer): its cycles over that roofline and the cycles beyond it over the run's. Stream
+    runs the steps in turn (engines.md trap 9: a run's latency is about the sum of its steps'), so the run's time
+    above the sum of its steps' own rooflines is about the sum of what each step loses; the lag step is the largest
+    part."""
     io = {n["name"]: n["io_bytes"] for n in counts["nodes"]}
     total = sum(n.cycles for n in res.nodes)
     hot = max(res.nodes, key=lambda n: n.cycles)
