@@ -193,3 +193,30 @@ def test_the_latency_floor_allows_the_rounding_of_the_dram_port_and_no_more():
     assert bound_violations(fast, port_ratio=1 + 3e-5) == []  # the port is 3e-5 faster: within what it allows
     assert bound_violations(fast, port_ratio=1 + 1e-5)  # 1e-5 faster: still below
     assert bound_violations(fast, port_ratio=1 - 1e-3)  # a slower port gives no slack
+
+
+def test_a_step_below_its_own_roofline_is_named():
+    """(d): each step at least its MACs at the array's peak and its DRAM bytes at the port Stream was given, with one
+    cycle of slack for Stream's whole cycles; the hand numbers: 1,024 MACs and 512 bits (64 B) a cycle, so 1,024,000
+    MACs take 1,000 cycles and 64,000 B take 1,000."""
+    from dataclasses import replace
+
+    from stream_mla.engines.result import NodeResult, Result
+    from stream_mla.engines.stream_guard import step_violations
+
+    mm = NodeResult(name="mm", op="MatMul", macs=1_024_000, cycles=1_000, bound="compute", energy_pj=0.0)
+    load = NodeResult(name="load", op="MatMul", macs=0, cycles=1_000, bound="transfer", energy_pj=0.0,
+                      dram_bytes=64_000)  # fmt: skip
+    base = Result(engine="stream", engine_version="", platform="p", workload="w", clock_ghz=1.0,
+                  latency_cycles=2_000, energy_breakdown_pj={}, macs=1_024_000, dram_bytes=64_000,
+                  engine_dram_bytes=64_000.0, roofline_bound_s=1e-6, bound="memory", strategy="s", engine_wall_s=0.0,
+                  nodes=[mm, load])  # fmt: skip
+    assert step_violations(base, 1024, 512) == []
+    fast = replace(base, nodes=[replace(mm, cycles=998), load])  # 2 cycles under its compute: beyond the slack
+    assert step_violations(fast, 1024, 512) == [
+        f"{BELOW_PHYSICS}: step mm takes 998 cycles < its own roofline 1,000 (0.998x)"
+    ]
+    assert step_violations(replace(base, nodes=[mm, replace(load, cycles=999)]), 1024, 512) == []  # one cycle
+    slow = step_violations(base, 1024, 256)  # half the port: the load needs 2,000 cycles
+    assert slow == [f"{BELOW_PHYSICS}: step load takes 1,000 cycles < its own roofline 2,000 (0.500x)"]
+    assert step_violations(base, 2048, 1024) == []  # a faster machine: both steps above their rooflines

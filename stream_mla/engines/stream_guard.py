@@ -7,6 +7,9 @@ Three checks, each a law the engine cannot beat:
     check catches any other.
 (b) DRAM: the engine moves at least the graph's analytic DRAM bytes (every weight and cache once, x and the output).
 (c) latency: at least the roofline bound max(MACs / peak, analytic bytes / DRAM bandwidth).
+(d) steps: each step (a fused group) at least its own roofline, max(its MACs / the array's peak, the DRAM bytes the
+    engine says it moved / the DRAM port Stream is given): a second line under (a), for a step costed for part of
+    its work inside a run the other steps keep above (c).
 
 How a violation surfaces (it fits the runner's strategy fallback): `evaluate_stream` treats a strategy whose result
 fails the guard like one that does not fit: it records `strategy <name>: below physics: ...` in the warnings and
@@ -132,6 +135,21 @@ def bound_violations(result: Result, port_ratio: float = 1.0) -> list[str]:
     return found
 
 
-def violations(result: Result, coverage: list[NodeCoverage], port_ratio: float = 1.0) -> list[str]:
-    """Every way `result` (with the coverage its run recorded) beats physics; empty when it passes the guard."""
-    return coverage_violations(coverage) + bound_violations(result, port_ratio)
+def step_violations(result: Result, peak_macs_per_cycle: float, dram_bits_per_cycle: float) -> list[str]:
+    """(d), on the machine Stream was given: its array's MACs per cycle and its DRAM port's bits per cycle (whole
+    bits, so no rounding slack is due). A cycle of slack: Stream counts whole cycles."""
+    found = []
+    for step in result.nodes:
+        own = max(step.macs / peak_macs_per_cycle, step.dram_bytes * 8 / dram_bits_per_cycle)
+        if step.cycles < own * (1 - TOLERANCE) - 1:
+            found.append(f"{BELOW_PHYSICS}: step {step.name} takes {step.cycles:,.0f} cycles < its own roofline "
+                         f"{own:,.0f} ({step.cycles / own:.3f}x)")  # fmt: skip
+    return found
+
+
+def violations(result: Result, coverage: list[NodeCoverage], port_ratio: float,
+               machine: tuple[float, float]) -> list[str]:  # fmt: skip
+    """Every way `result` (with the coverage its run recorded) beats physics; empty when it passes the guard.
+    machine: (MACs per cycle, DRAM bits per cycle) of the hardware Stream ran, for the step check (d)."""
+    steps = step_violations(result, *machine)
+    return coverage_violations(coverage) + bound_violations(result, port_ratio) + steps

@@ -431,7 +431,9 @@ def evaluate_stream(
                 records[strategy] = strategy_record(None, "error", time.perf_counter() - began, failures[-1])
                 continue
             result = collect(est, out, hw, onnx_path, given_counts, strategy, time.perf_counter() - start, [])
-            found = violations(result, coverage_of(est), port_ratio(hw))
+            found = violations(
+                result, coverage_of(est), port_ratio(hw), (hw.peak_macs_per_cycle, hw.dram_bits_per_cycle)
+            )
             wall = time.perf_counter() - began
             if found:  # like a strategy that does not fit: the others decide
                 failures.append(f"{strategy}: {'; '.join(found)}")
