@@ -220,3 +220,20 @@ def test_a_step_below_its_own_roofline_is_named():
     slow = step_violations(base, 1024, 256)  # half the port: the load needs 2,000 cycles
     assert slow == [f"{BELOW_PHYSICS}: step load takes 1,000 cycles < its own roofline 2,000 (0.500x)"]
     assert step_violations(base, 2048, 1024) == []  # a faster machine: both steps above their rooflines
+
+
+def test_the_step_check_counts_every_dram_port():
+    """(d) bounds a step by what the DRAM moves a cycle over all its ports: Stream's fusemax.yaml gives its off-chip
+    memory three read-write ports of 3,200 bits (read here from its core file), each preset one port."""
+    import stream
+    import yaml
+
+    hw_dir = Path(stream.__file__).parent / "inputs" / "examples" / "hardware"
+    fusemax = Hardware.from_stream_yaml(hw_dir / "fusemax.yaml")
+    top = yaml.safe_load((hw_dir / "fusemax.yaml").read_text())
+    offchip = yaml.safe_load((hw_dir / top["cores"][top["offchip_core_id"]]).read_text())
+    ports = [p["bandwidth_max"] for m in offchip["memories"].values() for p in m["ports"]]
+    assert ports == [3200, 3200, 3200]
+    assert (fusemax.dram_bits_all_ports, fusemax.dram_bits_per_cycle) == (9600, 3200)
+    for name, p in PRESETS.items():
+        assert Hardware.from_platform(p).dram_bits_all_ports == p.dram_bits_per_cycle, name

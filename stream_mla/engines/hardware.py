@@ -71,6 +71,14 @@ class Hardware:
         return self.dram_bits_per_cycle / 8 * self.clock_ghz * 1e9
 
     @property
+    def dram_bits_all_ports(self) -> int:
+        """Bits per cycle the off-chip memory moves over all its ports at once: the most any step can move (Stream's
+        fusemax.yaml gives its DRAM three ports of 3,200 bits; the presets one)."""
+        cores = self.stream["cores"]
+        offchip = cores.get(self.stream["offchip_core_id"]) or cores[int(self.stream["offchip_core_id"])]
+        return sum(port["bandwidth_max"] for memory in offchip["memories"].values() for port in memory["ports"])
+
+    @property
     def connection_warnings(self) -> list[str]:
         """The connections of the Stream description that Stream drops (`shadowed_connections`)."""
         return shadowed_connections(self.stream)

@@ -7,9 +7,9 @@ Three checks, each a law the engine cannot beat:
     check catches any other.
 (b) DRAM: the engine moves at least the graph's analytic DRAM bytes (every weight and cache once, x and the output).
 (c) latency: at least the roofline bound max(MACs / peak, analytic bytes / DRAM bandwidth).
-(d) steps: each step (a fused group) at least its own roofline, max(its MACs / the array's peak, the DRAM bytes the
-    engine says it moved / the DRAM port Stream is given): a second line under (a), for a step costed for part of
-    its work inside a run the other steps keep above (c).
+(d) steps: each step (a fused group) at least its own roofline, max(its MACs / the arrays' peak, the DRAM bytes the
+    engine says it moved / what the DRAM Stream is given moves a cycle over all its ports): a second line under (a),
+    for a step costed for part of its work inside a run the other steps keep above (c).
 
 How a violation surfaces (it fits the runner's strategy fallback): `evaluate_stream` treats a strategy whose result
 fails the guard like one that does not fit: it records `strategy <name>: below physics: ...` in the warnings and
@@ -136,8 +136,8 @@ def bound_violations(result: Result, port_ratio: float = 1.0) -> list[str]:
 
 
 def step_violations(result: Result, peak_macs_per_cycle: float, dram_bits_per_cycle: float) -> list[str]:
-    """(d), on the machine Stream was given: its array's MACs per cycle and its DRAM port's bits per cycle (whole
-    bits, so no rounding slack is due). A cycle of slack: Stream counts whole cycles."""
+    """(d), on the machine Stream was given: its arrays' MACs per cycle and the bits per cycle its DRAM moves over all
+    its ports (whole bits, so no rounding slack is due). A cycle of slack: Stream counts whole cycles."""
     found = []
     for step in result.nodes:
         own = max(step.macs / peak_macs_per_cycle, step.dram_bytes * 8 / dram_bits_per_cycle)

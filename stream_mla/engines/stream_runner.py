@@ -432,7 +432,7 @@ def evaluate_stream(
                 continue
             result = collect(est, out, hw, onnx_path, given_counts, strategy, time.perf_counter() - start, [])
             found = violations(
-                result, coverage_of(est), port_ratio(hw), (hw.peak_macs_per_cycle, hw.dram_bits_per_cycle)
+                result, coverage_of(est), port_ratio(hw), (hw.peak_macs_per_cycle, hw.dram_bits_all_ports)
             )
             wall = time.perf_counter() - began
             if found:  # like a strategy that does not fit: the others decide
