@@ -50,6 +50,11 @@ def shadowed_connections(stream: dict) -> list[str]:
             "should not replace" for index, winners in dropped_connections(stream).items()]  # fmt: skip
 
 
+def offchip_memory(stream: dict) -> dict:
+    """The off-chip core's memory (its first, the one Stream's DRAM is) of a Stream description with inline cores."""
+    return next(iter(stream["cores"][int(stream["offchip_core_id"])]["memories"].values()))
+
+
 @dataclass(frozen=True)
 class Hardware:
     name: str
@@ -73,10 +78,8 @@ class Hardware:
     @property
     def dram_bits_all_ports(self) -> int:
         """Bits per cycle the off-chip memory moves over all its ports at once: the most any step can move (Stream's
-        fusemax.yaml gives its DRAM three ports of 3,200 bits; the presets one)."""
-        cores = self.stream["cores"]
-        offchip = cores.get(self.stream["offchip_core_id"]) or cores[int(self.stream["offchip_core_id"])]
-        return sum(port["bandwidth_max"] for memory in offchip["memories"].values() for port in memory["ports"])
+        fusemax.yaml gives its DRAM three ports of 3,200 bits; the presets one). `dram_bits_per_cycle` is one port."""
+        return sum(port["bandwidth_max"] for port in offchip_memory(self.stream)["ports"])
 
     @property
     def connection_warnings(self) -> list[str]:
@@ -118,7 +121,7 @@ class Hardware:
         hw["cores"] = cores
         peak = sum(math.prod(c["operational_array"]["sizes"]) for c in cores.values()
                    if c is not offchip and "MatMul" in c.get("operator_types", ["MatMul"]))  # fmt: skip
-        dram = next(iter(offchip["memories"].values()))
+        dram = offchip_memory(hw)
         port_bits = max(port["bandwidth_max"] for port in dram["ports"])
         return cls(name=str(hw.get("name", path.stem)), stream=hw, clock_ghz=clock_ghz, peak_macs_per_cycle=peak,
                    dram_bits_per_cycle=port_bits, dram_pj_per_bit=dram["r_cost"] / port_bits,

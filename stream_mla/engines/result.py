@@ -39,6 +39,11 @@ class NodeResult:
     core: str = ""
     dram_bytes: float = 0.0  # what the engine moved to and from DRAM for this step
 
+    def own_cycles(self, macs_per_cycle: float, dram_bytes_per_cycle: float) -> float:
+        """The step's own roofline in cycles: its MACs at the peak rate or its DRAM bytes at the bandwidth, whichever
+        takes longer."""
+        return max(self.macs / macs_per_cycle, self.dram_bytes / dram_bytes_per_cycle)
+
 
 @dataclass(frozen=True)
 class Result:

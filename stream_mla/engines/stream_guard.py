@@ -140,7 +140,7 @@ def step_violations(result: Result, peak_macs_per_cycle: float, dram_bits_per_cy
     its ports (whole bits, so no rounding slack is due). A cycle of slack: Stream counts whole cycles."""
     found = []
     for step in result.nodes:
-        own = max(step.macs / peak_macs_per_cycle, step.dram_bytes * 8 / dram_bits_per_cycle)
+        own = step.own_cycles(peak_macs_per_cycle, dram_bits_per_cycle / 8)
         if step.cycles < own * (1 - TOLERANCE) - 1:
             found.append(f"{BELOW_PHYSICS}: step {step.name} takes {step.cycles:,.0f} cycles < its own roofline "
                          f"{own:,.0f} ({step.cycles / own:.3f}x)")  # fmt: skip

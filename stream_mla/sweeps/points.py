@@ -141,7 +141,7 @@ def engine_diagnostics(res: Result, counts: dict, p: PlatformSpec) -> dict:
     peak_per_cycle, dram_per_cycle = p.peak_mac_per_s / clock, p.dram_bytes_per_s / clock
     excess = {n.name: n.dram_bytes - sum(io.get(part, 0) for part in n.name.split("+")) for n in res.nodes}
     worst = max(excess, key=excess.get)
-    own = {n.name: max(n.macs / peak_per_cycle, n.dram_bytes / dram_per_cycle) for n in res.nodes}
+    own = {n.name: n.own_cycles(peak_per_cycle, dram_per_cycle) for n in res.nodes}
     lag = max(res.nodes, key=lambda n: n.cycles - own[n.name])
     return {
         "hotspot": hot.name,
