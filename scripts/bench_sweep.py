@@ -1,7 +1,8 @@
 """Reproduction timings: the full reproduction (default sweep, figures, claims, report) cold (fresh store) and
 warm (same store again), the speed-up of 2 workers over 1 on a fixed set of engine points (fresh store each), and
-the per-point wall of those engine points without the ZigZag cost cache, with it cold (empty) and warm (filled by
-the cold run; each run a fresh result store, so every point is computed).
+the per-point wall of those engine points without the cost cache (ZigZag's per-layer costs and Stream's per-group
+solves, the group memo), with it cold (empty) and warm (filled by the cold run; each run a fresh result store, so
+every point is computed).
 
     python scripts/bench_sweep.py            # full: reproduction cold + warm (~8 min), 4 stream points x 1/2 workers
     python scripts/bench_sweep.py --quick    # analytic part of the default sweep, 2 stream points x 1/2 workers

@@ -15,6 +15,9 @@ Two users:
   by entry point; `register_stream_backend()` declares ours to importlib.metadata unless the installed
   distribution already does (pyproject.toml `[project.entry-points."stream.core_cost_backends"]`).
 
+The same store keeps the group memo's entries (`group_memo.py`: a fused group Stream solved, under
+`<root>/stream/groups/`), keyed by that module.
+
 What is a key: `layer_description` (the ZigZag LayerNode's cost-relevant attributes, canonicalised: sets sorted,
 no object ids), `core_description` (every memory level with its instance and ports, the array, the dataflows;
 without the core's id and name and the per-core port/sharing ids ZigZag numbers globally), the search settings, and

@@ -28,7 +28,6 @@ transfer energy (link hops, the on-chip end of each DMA) is `onchip_transfer`.
 import functools
 import itertools
 import logging
-import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -45,6 +44,7 @@ from stream.workload.normalization import expand_normalizations
 from stream_mla.engines import engine_speed
 from stream_mla.engines.cost_cache import register_stream_backend
 from stream_mla.engines.graph_fix import COPY_TAG, shared_inputs, split_shared_inputs, squeeze_unit_axes
+from stream_mla.engines.group_memo import MEMO_TOKEN, CoreEnergy, core_energy_of, memo_groups, memo_token
 from stream_mla.engines.hardware import Hardware
 from stream_mla.engines.registry import finish
 from stream_mla.engines.result import AUTO_STRATEGIES, EngineError, NodeResult, Result
@@ -115,8 +115,10 @@ def layer_name(stream_node: str) -> str:
 
 def solve_options(hw_yaml: Path, **stage_options) -> SolveOptions:
     """Stream's options for one run: no artifacts, Stream's default constraint families plus the traffic tie-break
-    (`stream_families.TrafficTieBreak`: of two allocations a few cycles apart, the one that moves less DRAM)."""
+    (`stream_families.TrafficTieBreak`: of two allocations a few cycles apart, the one that moves less DRAM), and
+    the accelerator's key for the group memo (`group_memo.MEMO_TOKEN`)."""
     families = (*_default_families(str(hw_yaml), Path(hw_yaml).read_text()), TRAFFIC_TIE_BREAK)
+    stage_options = {MEMO_TOKEN: memo_token(hw_yaml), **stage_options}
     return SolveOptions(artifacts=False, families=families, stage_options=stage_options)
 
 
@@ -178,17 +180,15 @@ def allocated_cores(group: dict, node: str) -> set[int]:
     return {r["id"] for option in alloc for r in option if r.get("type") == "core"}
 
 
-def in_core_split(out: Path, index: int, group: dict) -> tuple[float, float]:
-    """(mac, memory) pJ per iteration from the ZigZag entries of the cores each node was allocated to."""
-    lut_path = out / f"group_{index}" / "core_cost_lut.pickle"
-    lut = pickle.loads(lut_path.read_bytes())["lut"] if lut_path.exists() else {}
+def in_core_split(energy: CoreEnergy, group: dict) -> tuple[float, float]:
+    """(mac, total) pJ per iteration from the ZigZag entries (`group_memo.core_energy`) of the cores each node was
+    allocated to."""
     mac = total = 0.0
-    for node, per_core in lut.items():
-        cores = allocated_cores(group, node.name)
-        for core, cme in per_core.items():
-            if core.id in cores:
-                memory = sum(sum(levels) for levels in cme.mem_energy_breakdown.values())
-                mac, total = mac + cme.energy_total - memory, total + cme.energy_total
+    for node, per_core in energy:
+        cores = allocated_cores(group, node)
+        for core, energy_total, memory in per_core:
+            if core in cores:
+                mac, total = mac + energy_total - memory, total + energy_total
     return mac, total
 
 
@@ -410,7 +410,7 @@ def evaluate_stream(
                 continue
             try:
                 given_counts, bpe = counts, counts["bytes_per_element"]
-                with coverage_probe():
+                with coverage_probe(), memo_groups():
                     if strategy == FUSED_ATTENTION:
                         est, out, given_counts, note, plan = run_fused(hw, hw_yaml, onnx_path, workdir, out,
                                                                        split_inputs, bpe)  # fmt: skip
@@ -430,7 +430,7 @@ def evaluate_stream(
                 failures.append(f"{strategy}: Stream failed ({exc.__class__.__name__}: {str(exc)[:200]})")
                 records[strategy] = strategy_record(None, "error", time.perf_counter() - began, failures[-1])
                 continue
-            result = collect(est, out, hw, onnx_path, given_counts, strategy, time.perf_counter() - start, [])
+            result = collect(est, hw, onnx_path, given_counts, strategy, time.perf_counter() - start, [])
             found = violations(
                 result, coverage_of(est), port_ratio(hw), (hw.peak_macs_per_cycle, hw.dram_bits_all_ports)
             )
@@ -484,10 +484,11 @@ def infeasible_message(hw: Hardware, onnx_path: Path, failures: list[str]) -> st
             "give the platform more on-chip memory, or shorten the context")  # fmt: skip
 
 
-def collect(est, out: Path, hw: Hardware, onnx_path: Path, counts: dict, strategy: str, wall: float,
+def collect(est, hw: Hardware, onnx_path: Path, counts: dict, strategy: str, wall: float,
             failures: list[str]) -> Result:  # fmt: skip
     groups = est.context.get("group_allocations")
     accesses = est.context.get("group_memory_accesses")
+    core_energy = core_energy_of(est)
     node_macs = {n["name"]: n["macs"] for n in counts["nodes"]}
     node_ops = {n["name"]: n["op"] for n in counts["nodes"]}
     energy = {"mac": 0.0, "onchip_memory": 0.0, "dram": 0.0, "onchip_transfer": 0.0}
@@ -497,7 +498,7 @@ def collect(est, out: Path, hw: Hardware, onnx_path: Path, counts: dict, strateg
         perf = group["performance"]
         e = perf["energy"]
         iterations = e["total_pj"] / e["per_iteration_pj"] if e["per_iteration_pj"] else 0.0
-        mac_iter, core_iter = in_core_split(out, index, group)
+        mac_iter, core_iter = in_core_split(core_energy[index], group)
         in_core = e["node_pj_per_iteration"] * iterations
         mac = in_core * (mac_iter / core_iter) if core_iter else 0.0
         bits = sum((c["read"] + c["write"]) * c["read_bandwidth"] for c in accesses[index]["cores"] if c["is_offchip"])
