@@ -21,7 +21,8 @@ identical group was solved before (any point, process or sweep worker), else sol
   module).
 An entry keeps what the stage keeps of a solved group plus what our runner reads of it: the coverage the probe
 recorded, and each node's in-core energy per core (from the group's ZigZag costs). A group that fails is not stored.
-So a hit gives exactly the numbers a solve gives; the guard checks them as before.
+So a hit gives exactly the numbers a solve gives; the guard checks them as before. A group read from the memo leaves
+no `group_<i>` folder in the run's output (its cost LUT is the solving run's).
 
 Entries live under `<cache root>/stream/groups/` (`cost_cache.cache_root`, `STREAM_MLA_CACHE=off` disables).
 """
@@ -61,8 +62,8 @@ KIND = "groups"
 # Context fields the key takes in its own way: the group's untiled workload and mapping (pickled), the accelerator
 # (MEMO_TOKEN), where files go, the group's number and the coverage list the probe appends to (replayed)
 OWN_WAY = frozenset({"workload", "mapping", "accelerator", "output_path", "group_index", "sub_workloads", COVERAGE_KEY})
+USE_LISTS = frozenset({"uses"})  # xDSL's use-def list of a value (`_StatePickler`)
 # Our code that runs inside the inner stages (or decides what they see): an edit to it makes every entry stale
-USE_LISTS = frozenset({"uses"})
 CODE_FILES = (cost_cache.__file__, engine_speed.__file__, stream_families.__file__, stream_guard.__file__, __file__)
 CODE = hashlib.sha256(b"".join(Path(f).read_bytes() for f in CODE_FILES)).hexdigest()
 
