@@ -92,6 +92,23 @@ def test_a_run_answered_whole_keeps_cycles_energy_and_coverage(tmp_path, cache):
         assert memo.context.get(key) == solved.context.get(key)
 
 
+def test_another_platform_solves_again(tmp_path, cache):
+    """The same graph on edge-npu with half its DRAM bandwidth: another hardware YAML, so no group is read from the
+    first platform's entries (its transfers take longer: a stale entry would be wrong)."""
+    onnx_path = stream_graph(graph(tmp_path, "mha", 256), tmp_path)
+    edge = PRESETS["edge-npu"]
+    slow = Hardware.from_platform(edge.model_copy(update={"dram_gb_s": edge.dram_gb_s / 2}))
+    runs = []
+    for name, hw in (("edge", EDGE), ("slow", slow)):
+        cc.STATS.clear()
+        (tmp_path / name).mkdir()
+        with coverage_probe(), gm.memo_groups():
+            est, _, _ = run_strategy(hw, hw.stream_yaml(tmp_path / name), onnx_path, tmp_path / name, "keep-softmax", 2)
+        runs.append((est.cycles, groups()))
+    (fast_cycles, (_, solved)), (slow_cycles, (hits, misses)) = runs
+    assert hits == 0 and misses == solved > 1 and slow_cycles > fast_cycles
+
+
 def test_without_its_token_a_run_is_not_memoised(tmp_path, cache):
     """A Stream call with options that do not carry `MEMO_TOKEN` (not from our runner) solves every group."""
     onnx_path = graph(tmp_path, "mha", 256)

@@ -16,9 +16,9 @@ identical group was solved before (any point, process or sweep worker), else sol
   `stream_runner.solve_options` sets; a run without it is not memoised);
 * every other context field the inner stages read, by their own contracts (Stream checks each read against them
   at run time): the search, lowering and solver settings and the constraint families (by name and options);
-* the inner stages (their classes), the engine versions (`cost_cache.ENGINE_VERSIONS`) and the source of our code
-  that runs inside them (`CODE`: the cost backend, the faster twins, the constraint family, the coverage probe, this
-  module).
+* the inner stages (their classes), the engine versions (`cost_cache.ENGINE_VERSIONS`), those of the MILP solver and
+  the libraries under Stream's workloads (`LIBRARY_VERSIONS`), and the source of our code that runs inside them
+  (`CODE`: the cost backend, the faster twins, the constraint family, the coverage probe, this module).
 An entry keeps what the stage keeps of a solved group plus what our runner reads of it: the coverage the probe
 recorded, and each node's in-core energy per core (from the group's ZigZag costs). A group that fails is not stored.
 So a hit gives exactly the numbers a solve gives; the guard checks them as before. A group read from the memo leaves
@@ -52,6 +52,7 @@ from xdsl.ir.core import IRWithUses
 
 from stream_mla.engines import cost_cache, engine_speed, stream_families, stream_guard
 from stream_mla.engines.cost_cache import SKIPPED_ATTRIBUTES, Uncacheable, canonical, digest
+from stream_mla.engines.registry import package_version
 from stream_mla.engines.stream_guard import COVERAGE_KEY, NodeCoverage
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ USE_LISTS = frozenset({"uses"})  # xDSL's use-def list of a value (`_StatePickle
 # Our code that runs inside the inner stages (or decides what they see): an edit to it makes every entry stale
 CODE_FILES = (cost_cache.__file__, engine_speed.__file__, stream_families.__file__, stream_guard.__file__, __file__)
 CODE = hashlib.sha256(b"".join(Path(f).read_bytes() for f in CODE_FILES)).hexdigest()
+# Beyond the engines (`cost_cache.ENGINE_VERSIONS`, in every digest): the allocation's MILP solver and the libraries
+# Stream's workloads and lowering are built on
+LIBRARY_VERSIONS = tuple(map(package_version, ("ortools", "xdsl", "networkx", "sympy", "numpy")))
 
 # node name -> ((core id, the entry's total energy, its memory energy) per core the LUT costs it on), in LUT order
 CoreEnergy = tuple[tuple[str, tuple[tuple[int, float, float], ...]], ...]
@@ -196,7 +200,7 @@ class MemoGroupIteration(FusionGroupIterationStage):
             logger.info("group memo off for this run: %s", exc)
             return None
         stages = tuple(f"{s.__module__}.{s.__qualname__}" for s in self.list_of_callables)
-        return token, canonical(values), stages, CODE
+        return token, canonical(values), stages, CODE, LIBRARY_VERSIONS
 
     def _key(self, settings: tuple, workload, mapping) -> str | None:
         try:
