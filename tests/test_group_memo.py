@@ -81,7 +81,7 @@ def test_a_run_answered_whole_keeps_cycles_energy_and_coverage(tmp_path, cache):
     for name in ("solved", "memo"):
         cc.STATS.clear()
         with coverage_probe(), gm.memo_groups():
-            est, _, _ = run_strategy(EDGE, yaml_path, onnx_path, tmp_path / name, "keep-softmax", 2)
+            est, _ = run_strategy(EDGE, yaml_path, onnx_path, tmp_path / name, "keep-softmax", 2)
         runs.append((est, groups()))
     (solved, (hits, misses)), (memo, (memo_hits, memo_misses)) = runs
     assert hits == 0 and memo_misses == 0 and memo_hits == misses == len(solved.group_cycles) > 1
@@ -103,7 +103,7 @@ def test_another_platform_solves_again(tmp_path, cache):
         cc.STATS.clear()
         (tmp_path / name).mkdir()
         with coverage_probe(), gm.memo_groups():
-            est, _, _ = run_strategy(hw, hw.stream_yaml(tmp_path / name), onnx_path, tmp_path / name, "keep-softmax", 2)
+            est, _ = run_strategy(hw, hw.stream_yaml(tmp_path / name), onnx_path, tmp_path / name, "keep-softmax", 2)
         runs.append((est.cycles, groups()))
     (fast_cycles, (_, solved)), (slow_cycles, (hits, misses)) = runs
     assert hits == 0 and misses == solved > 1 and slow_cycles > fast_cycles

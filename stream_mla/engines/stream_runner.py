@@ -136,8 +136,8 @@ def _default_families(hw_yaml: str, text: str) -> tuple:
 
 
 def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strategy: str, bytes_per_element: int):
-    """(estimate, its output folder, the fused core's `CorePlan` or None): one Stream run of `onnx_path` (the graph
-    Stream is given, see `stream_graph`).
+    """(estimate, the fused core's `CorePlan` or None): one Stream run of `onnx_path` (the graph Stream is given, see
+    `stream_graph`), its folders under `out`.
     Stream's per-node ZigZag cost estimation goes through the persistent cost cache (`cost_cache.py`: a Stream
     core-cost backend, shared across points and processes, under $STREAM_MLA_CACHE); Stream's own per-run LUT stays
     in each group folder under `out`. Stream's and ZigZag's slowest pure helpers run as their faster twins
@@ -163,15 +163,15 @@ def run_strategy(hw: Hardware, hw_yaml: Path, onnx_path: Path, out: Path, strate
                 continue
             try:
                 return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out / name), mapping=str(mapping),
-                                        options=solve_options(hw_yaml)), out / name, plan  # fmt: skip
+                                        options=solve_options(hw_yaml)), plan  # fmt: skip
             except InfeasibleAllocationError as exc:
                 failure = first_refusal(failure, exc)
         raise failure
     if strategy == DEFAULT_FUSION:
-        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=solve_options(hw_yaml)), out, None
+        return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=solve_options(hw_yaml)), None
     cuts = keep_softmax_cuts(onnx_path) if strategy == "keep-softmax" else "per-layer"
     options = solve_options(hw_yaml, fusion_cut_points=cuts)
-    return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options), out, None
+    return evaluate_mapping(str(hw_yaml), str(onnx_path), str(out), options=options), None
 
 
 def allocated_cores(group: dict, node: str) -> set[int]:
@@ -266,8 +266,8 @@ def first_refusal(kept: Exception | None, new: Exception) -> Exception:
 
 
 def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: Path, split_inputs: bool,
-              bytes_per_element: int) -> tuple[object, Path, dict, str, CorePlan]:  # fmt: skip
-    """(estimate, its folder, counts of the graph Stream ran, note, the core's plan) of the fused-attention strategy:
+              bytes_per_element: int) -> tuple[object, dict, str, CorePlan]:  # fmt: skip
+    """(estimate, counts of the graph Stream ran, note, the core's plan) of the fused-attention strategy:
     the split-KV graphs of `split_kv_graphs` in turn until one's mapping fits, then the plain graph (its attention
     core fused whole). Stream cannot lower a split graph whose layout it materializes inside the core (a FusionEdge:
     it then splits the workload into one group more than the mapping has; the split graphs keep B and the heads
@@ -284,8 +284,7 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
     tries = fewest_rereads(candidates(RETRY_CHUNKS), lambda: candidates(RANKED_CHUNKS), hw, bytes_per_element)
     for given, split, chunks in tries:
         try:
-            est, folder, plan = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION,
-                                             bytes_per_element)  # fmt: skip
+            est, plan = run_strategy(hw, hw_yaml, given, out / f"c{chunks}", FUSED_ATTENTION, bytes_per_element)
         except (MappingError, InfeasibleAllocationError) as exc:
             failure = first_refusal(failure, exc)
             continue
@@ -296,7 +295,7 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
                                 f"fold ({exc})")  # fmt: skip
             failure = first_refusal(failure, fold)
             continue
-        return est, folder, count_file(split), f"kv_chunks {chunks}", plan  # its nodes; MACs and bytes: the given's
+        return est, count_file(split), f"kv_chunks {chunks}", plan  # its nodes; MACs and bytes: the given's
     raise failure
 
 
@@ -412,10 +411,10 @@ def evaluate_stream(
                 given_counts, bpe = counts, counts["bytes_per_element"]
                 with coverage_probe(), memo_groups():
                     if strategy == FUSED_ATTENTION:
-                        est, out, given_counts, note, plan = run_fused(hw, hw_yaml, onnx_path, workdir, out,
-                                                                       split_inputs, bpe)  # fmt: skip
+                        est, given_counts, note, plan = run_fused(hw, hw_yaml, onnx_path, workdir, out,
+                                                                  split_inputs, bpe)  # fmt: skip
                     else:
-                        est, out, plan = run_strategy(hw, hw_yaml, graph, out, strategy, bpe)
+                        est, plan = run_strategy(hw, hw_yaml, graph, out, strategy, bpe)
             except InfeasibleAllocationError as exc:
                 failures.append(describe_infeasible(hw, strategy, exc))
                 records[strategy] = strategy_record(None, "infeasible", time.perf_counter() - began, failures[-1])
