@@ -27,8 +27,10 @@ without the core's id and name and the per-core port/sharing ids ZigZag numbers 
 Where: `$STREAM_MLA_CACHE` (`off` disables), else `$XDG_CACHE_HOME/stream-mla`, else `~/.cache/stream-mla`. One
 pickle per entry, `<root>/zigzag/<kind>/<2 hex>/<64 hex>.pickle`, written to a temporary file in the same folder
 and then `os.replace`d: a reader sees a whole entry or none, and workers that compute the same entry at once each
-write identical bytes. An unreadable entry is a miss (and is rewritten). Entries are pickles: keep the folder
-private (it is the user's own cache folder by default). Delete it at will; nothing else lives there.
+write identical bytes. Each entry ends with the sha256 of its pickle (`CHECKSUM_MAGIC` + 32 bytes), checked on every
+read: a flipped bit that still unpickles would otherwise be a wrong latency or count, reported as right. An
+unreadable entry, or one whose checksum does not match, is a miss (and is rewritten). Entries are pickles: keep the
+folder private (it is the user's own cache folder by default). Delete it at will; nothing else lives there.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "STREAM_MLA_CACHE"
 DISABLED = ("off", "0", "no", "false", "none")
-FORMAT = 1  # bump when a key's parts or a stored value change meaning
+FORMAT = 2  # bump when a key's parts or a stored value change meaning (2: entries end with their checksum)
+CHECKSUM_MAGIC = b"\nstream-mla sha256 "  # then the 32-byte sha256 of the pickle before it
 
 # Attributes left out of every description: ids ZigZag numbers process-globally (the same core parsed twice, or
 # core 3 vs core 0, gets other port ids and sharing groups) and networkx's lazily filled cache. ZigZag's cost model
@@ -157,6 +160,20 @@ def digest(*parts: Any) -> str:
 
 
 # --- the store ----------------------------------------------------------------------------------------------
+class CorruptEntry(ValueError):
+    """An entry without its checksum, or whose checksum does not match its content."""
+
+
+def verified(data: bytes) -> bytes:
+    """An entry's pickle, once its trailing checksum (`CHECKSUM_MAGIC` + sha256) matches it; raises CorruptEntry."""
+    payload, magic, checksum = data.rpartition(CHECKSUM_MAGIC)
+    if not magic or len(checksum) != hashlib.sha256().digest_size:
+        raise CorruptEntry("it carries no checksum")
+    if hashlib.sha256(payload).digest() != checksum:
+        raise CorruptEntry("its checksum does not match its content")
+    return payload
+
+
 @dataclass(frozen=True)
 class CostCache:
     """One kind of entry (`runner`, `stream`) of one family (`zigzag`; `polynomials`: the analytic sweep's derived
@@ -174,11 +191,16 @@ class CostCache:
         return self.folder / key[:2] / f"{key}.pickle"
 
     def get(self, key: str) -> Any | None:
-        """The stored value, or None (absent, or unreadable: a partial file from another tool, an old pickle)."""
+        """The stored value, or None (absent; unreadable: a partial file from another tool, an old pickle; or
+        corrupted: its checksum does not match its content)."""
         path = self.path(key)
         try:
-            value = pickle.loads(path.read_bytes())
+            value = pickle.loads(verified(path.read_bytes()))
         except FileNotFoundError:
+            value = None
+        except CorruptEntry as exc:
+            logger.warning("cost cache: discarding %s: %s; computing it again", path, exc)
+            STATS[f"{self.kind}.errors"] += 1
             value = None
         except Exception as exc:  # noqa: BLE001 -- any unreadable entry is a miss
             logger.info("cost cache: ignoring unreadable %s (%s: %s)", path, type(exc).__name__, exc)
@@ -194,6 +216,7 @@ class CostCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            data += CHECKSUM_MAGIC + hashlib.sha256(data).digest()
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}-", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
