@@ -153,6 +153,29 @@ HF_MODEL_TYPES: dict[str, tuple[str, ...]] = {
     "qwen2": (),
     "falcon": (),
 }
+# What a config.json that leaves a key out means: the default of its model_type's config class in transformers
+# (a key given as null is the class's None, not its default). DeepseekV2Config and DeepseekV3Config: q_lora_rank
+# 1536 (their MLA attention reads no num_key_value_heads: our MHA baseline keeps h); Kimi K2 and DeepSeek-V3.2 are
+# DeepSeek-V3's architecture, read as DeepseekV3Config (serving stacks register KimiK2Config and DeepseekV32Config
+# as its subclasses). LlamaConfig: K/V heads h, head_dim d/h (ModelSpec's own defaults). MistralConfig:
+# num_key_value_heads 8, sliding_window 4096. Qwen2Config: num_key_value_heads 32, use_sliding_window False,
+# sliding_window 4096, max_window_layers 28. FalconConfig: `_falcon`. RoPE scaling changes no count: not read.
+# PretrainedConfig's torch_dtype defaults to None (unstated): a config without one is costed in ModelSpec's bf16.
+HF_DEFAULTS: dict[str, dict[str, object]] = {
+    **dict.fromkeys(("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2"), {"q_lora_rank": 1536}),
+    "llama": {},
+    "mistral": {"num_key_value_heads": 8, "sliding_window": 4096},
+    "qwen2": {"num_key_value_heads": 32, "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28},
+    "falcon": {},
+}
+# Keys of HF_FIELDS a model_type's class does not read as we do: DeepSeek's head_dim is its RoPE width (the class
+# sets head_dim = qk_rope_head_dim), Falcon's is the property d/h, and only Mistral and Qwen2 attend in a window
+# (Llama's, Falcon's and DeepSeek's attention read no sliding_window).
+HF_IGNORED: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2"), ("head_dim", "sliding_window")),
+    "llama": ("sliding_window",),
+    "falcon": ("head_dim", "sliding_window"),
+}
 # Falcon's older (RW remote-code) field names -> the names used above; the canonical name wins if both are set.
 FALCON_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
                   "n_head_kv": "num_kv_heads"}  # fmt: skip
@@ -198,11 +221,39 @@ def _canonical(raw: dict, source: Path) -> dict:
         )
     falcon_style = model_type == "falcon" or "multi_query" in raw or "new_decoder_architecture" in raw
     cfg = _falcon(raw) if falcon_style else raw
+    cfg = {**HF_DEFAULTS.get(model_type, {}), **cfg}
+    for key in HF_IGNORED.get(model_type, ()):
+        cfg.pop(key, None)
+    if model_type == "qwen2":
+        cfg["sliding_window"] = _qwen2_window(cfg, source)
     required = HF_REQUIRED + HF_MODEL_TYPES.get(model_type, ())
     missing = [k for k in required if cfg.get(k) is None]
     if missing:
         raise SpecError(f"{source}: missing field {missing[0]} (required: {', '.join(required)})")
     return cfg
+
+
+def _qwen2_window(cfg: dict, source: Path) -> int | None:
+    """Qwen2's window as Qwen2Config and its attention apply it: only under use_sliding_window, and only in layers
+    from max_window_layers on (or as `layer_types` lists them). A model whose layers differ is refused: every layer
+    of a ModelSpec is costed alike."""
+    window = cfg.get("sliding_window")
+    if not cfg.get("use_sliding_window") or window is None:
+        return None
+    layers = cfg.get("num_hidden_layers")
+    kinds = cfg.get("layer_types")
+    if isinstance(kinds, list) and kinds:
+        sliding = sum(k == "sliding_attention" for k in kinds)
+        layers = len(kinds)
+    else:
+        first = cfg.get("max_window_layers")
+        sliding = max(0, layers - first) if isinstance(layers, int) and isinstance(first, int) else None
+    if sliding == 0:
+        return None
+    if sliding != layers:
+        raise SpecError(f"{source}: use_sliding_window with {sliding} of {layers} layers windowed "
+                        "(max_window_layers or layer_types): models whose layers differ are not supported")  # fmt: skip
+    return window
 
 
 def _precision(cfg: dict, source: Path) -> dict:
@@ -233,7 +284,8 @@ def from_hf_config(path: str | Path) -> ModelSpec:
     """Read a Hugging Face config.json: DeepSeek-V2/V3 or Kimi K2 (MLA), or Llama, Mistral, Qwen2 or Falcon
     (MHA/GQA/MQA; Falcon's multi_query and new_decoder_architecture decide its K/V heads). A config without
     `model_type` is accepted when it has the fields (HF_REQUIRED). torch_dtype bfloat16 and float16 read as bf16,
-    float32 as fp32; Qwen2's sliding_window counts only under use_sliding_window. The name is unique per distinct
+    float32 as fp32. A key the config leaves out takes its class's default (HF_DEFAULTS); Qwen2's sliding_window
+    counts only under use_sliding_window and max_window_layers. The name is unique per distinct
     layer shape (`_hf_name`), so exports of two sizes of one family do not overwrite each other."""
     path = Path(path)
     raw = read_document(path, "--hf-config")
@@ -244,7 +296,7 @@ def from_hf_config(path: str | Path) -> ModelSpec:
     if "kv_lora_rank" not in fields:  # a plain MHA/GQA model: the MLA head dims of its config do not apply
         for key in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "q_lora_rank"):
             fields.pop(key, None)
-    if cfg.get("use_sliding_window") is False:  # Qwen2 declares a window it does not use
+    if cfg.get("model_type") is None and cfg.get("use_sliding_window") is False:  # Qwen2-style, untyped
         fields.pop("sliding_window", None)
     spec = validate({**fields, **_precision(cfg, path)}, str(path))
     return spec.model_copy(update={"name": _hf_name(cfg, spec)})

@@ -5,6 +5,7 @@ their owners' defaults, platform values checked for physical sense, sweep specs 
 change nothing refused, and measured data checked before it is compared.
 """
 
+import json
 import pickle
 import struct
 from pathlib import Path
@@ -16,7 +17,9 @@ from stream_mla.engines import cost_cache as cc
 from stream_mla.engines import group_memo as gm
 from stream_mla.engines import zigzag_runner as zr
 from stream_mla.engines.stream_runner import evaluate_stream
+from stream_mla.errors import SpecError
 from stream_mla.models import PRESETS as MODELS
+from stream_mla.models import from_hf_config
 from stream_mla.platforms import PRESETS
 from stream_mla.sweeps import fast
 from stream_mla.workloads import export, make_spec, polynomial
@@ -118,3 +121,81 @@ def test_an_entry_without_its_checksum_is_a_miss(cache):
     store.path(key).write_bytes(pickle.dumps({"cycles": 2}))
     assert cc.cached_search("runner", key, lambda: {"cycles": 1}) == {"cycles": 1}
     assert cc.cached_search("runner", key, lambda: pytest.fail("searched again")) == {"cycles": 1}
+
+
+# --- 2. HF configs as their owners define them ----------------------------------------------------------------
+# Each config class's defaults, typed in from transformers (configuration_<model_type>.py), for a config.json that
+# leaves the key out; a key given as null is the class's None.
+BASE = {"hidden_size": 4096, "num_attention_heads": 32, "num_hidden_layers": 32}
+MLA = {"hidden_size": 2048, "num_attention_heads": 16, "num_hidden_layers": 27, "kv_lora_rank": 512,
+       "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128}  # fmt: skip
+DSA = {"index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048}
+
+
+def hf(tmp_path: Path, **cfg):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return from_hf_config(path)
+
+
+def shape(m) -> tuple:
+    return m.n_kv, m.d_h, m.sliding_window, m.q_lora_rank, m.precision
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        # Qwen2Config: use_sliding_window False (the window is declared, not used), num_key_value_heads 32
+        ({"model_type": "qwen2", **BASE, "num_attention_heads": 64, "sliding_window": 4096}, (32, 64, None, 0, "bf16")),
+        # ... a window only from max_window_layers (28) on: a 28-layer model has no windowed layer
+        (
+            {"model_type": "qwen2", **BASE, "num_hidden_layers": 28, "use_sliding_window": True},
+            (32, 128, None, 0, "bf16"),
+        ),
+        (
+            {"model_type": "qwen2", **BASE, "use_sliding_window": True, "max_window_layers": 0},
+            (32, 128, 4096, 0, "bf16"),
+        ),
+        ({"model_type": "qwen2", **BASE, "num_key_value_heads": None}, (32, 128, None, 0, "bf16")),
+        # MistralConfig: num_key_value_heads 8, sliding_window 4096; null means none
+        ({"model_type": "mistral", **BASE}, (8, 128, 4096, 0, "bf16")),
+        (
+            {"model_type": "mistral", **BASE, "sliding_window": None, "num_key_value_heads": None},
+            (32, 128, None, 0, "bf16"),
+        ),
+        ({"model_type": "mistral", **BASE, "head_dim": 96}, (8, 96, 4096, 0, "bf16")),
+        # LlamaConfig: K/V heads h, head_dim d/h, no window (its attention reads none)
+        ({"model_type": "llama", **BASE, "sliding_window": 4096}, (32, 128, None, 0, "bf16")),
+        # FalconConfig: multi_query True (one K/V head), head_dim the property d/h, no window
+        (
+            {
+                "model_type": "falcon",
+                "hidden_size": 4544,
+                "num_attention_heads": 71,
+                "num_hidden_layers": 32,
+                "head_dim": 128,
+                "sliding_window": 2048,
+                "torch_dtype": "float32",
+            },
+            (1, 64, None, 0, "fp32"),
+        ),  # fmt: skip
+        # DeepseekV2Config / DeepseekV3Config: q_lora_rank 1536 (null: no query compression); head_dim is the
+        # class's RoPE width, not the baseline's head width (v_head_dim)
+        ({"model_type": "deepseek_v2", **MLA, "head_dim": 64}, (16, 128, None, 1536, "bf16")),
+        ({"model_type": "deepseek_v2", **MLA, "q_lora_rank": None}, (16, 128, None, 0, "bf16")),
+        ({"model_type": "deepseek_v3", **MLA, "head_dim": 64, "sliding_window": 4096}, (16, 128, None, 1536, "bf16")),
+        ({"model_type": "kimi_k2", **MLA}, (16, 128, None, 1536, "bf16")),
+        ({"model_type": "deepseek_v32", **MLA, **DSA}, (16, 128, None, 1536, "bf16")),
+    ],
+)
+def test_hf_config_defaults_are_the_config_classes(tmp_path, cfg, expected):
+    assert shape(hf(tmp_path, **cfg)) == expected
+
+
+def test_qwen2_with_some_layers_windowed_is_refused(tmp_path):
+    """Layers 28-31 windowed, 0-27 not: a ModelSpec costs every layer alike, so this is one line, not a guess."""
+    with pytest.raises(SpecError, match=r"4 of 32 layers windowed"):
+        hf(tmp_path, model_type="qwen2", **BASE, use_sliding_window=True)
+    with pytest.raises(SpecError, match=r"1 of 2 layers windowed"):
+        hf(tmp_path, model_type="qwen2", **BASE, use_sliding_window=True,
+           layer_types=["full_attention", "sliding_attention"])  # fmt: skip

@@ -138,8 +138,9 @@ def test_unsupported_torch_dtype_is_one_line(write, dtype):
 
 
 def test_sliding_window(write):
-    assert from_hf_config(write({**LLAMA_8B, "sliding_window": 4096})).sliding_window == 4096
-    assert from_hf_config(write({**LLAMA_8B, "sliding_window": None})).sliding_window is None
+    mistral = {**LLAMA_8B, "model_type": "mistral"}  # Llama has no window (LlamaConfig); Mistral has
+    assert from_hf_config(write({**mistral, "sliding_window": 4096})).sliding_window == 4096
+    assert from_hf_config(write({**mistral, "sliding_window": None})).sliding_window is None  # null: none
     unused = {**LLAMA_8B, "sliding_window": 131072, "use_sliding_window": False}  # Qwen2's full attention
     assert from_hf_config(write(unused)).sliding_window is None
 
