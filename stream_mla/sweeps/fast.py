@@ -200,7 +200,7 @@ def _group_constants(p: SweepPoint, g: _Group) -> tuple[dict, object]:
         "ridge": cp.ridge_flop_per_byte, **dict.fromkeys(_points.DIAGNOSTICS), "strategies": "{}",
         "strategy": "roofline",
         "energy_onchip_memory_pj": 0.0, "energy_onchip_transfer_pj": 0.0, "energy_static_pj": 0.0,
-        "engine_wall_s": 0.0, "warnings": "[]",
+        "engine_wall_s": 0.0, "warnings": "[]", **p.digests(),
     }  # fmt: skip
     missing = set(ROW_COLUMNS) - set(const) - set(PER_POINT)
     assert not missing, f"row lacks {missing}"

@@ -33,6 +33,8 @@ ENGINE_PACKAGES = registry.packages()
 # An engine row's own diagnostics (`engine_diagnostics`, the serial bound); None on an analytic row.
 DIAGNOSTICS = ("serial_s", "hotspot", "hotspot_cycle_share", "hotspot_mac_util", "excess_step", "excess_bytes",
                "lag_step", "lag_ratio", "lag_share")  # fmt: skip
+# Content digests of the platform (unscaled) and model specs a row was costed on: the store keeps one version per name
+DIGESTS = ("platform_digest", "model_digest")
 ROW_COLUMNS = (
     "key", "status", "error", "model", "scheme", "phase", "part", "batch", "context", "queries", "window",
     "kv_chunks", "kv_heads", "precision", "kv_precision", "act_precision", "platform", "bw_scale",
@@ -41,7 +43,7 @@ ROW_COLUMNS = (
     "oi", "roofline_compute_s", "roofline_memory_s", "roofline_s", "bound", "latency_cycles", "latency_s",
     "energy_pj", "energy_mac_pj", "energy_onchip_memory_pj", "energy_dram_pj", "energy_onchip_transfer_pj",
     "energy_static_pj", "engine_dram_bytes", "engine_wall_s", "warnings", "layer_by_layer_bytes", *DIAGNOSTICS,
-    "strategies",
+    "strategies", *DIGESTS,
 )  # fmt: skip
 
 
@@ -68,6 +70,11 @@ def code_digest(engines: bool, root: Path = PACKAGE) -> str:
         for f in files:
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def spec_digest(spec: BaseModel) -> str:
+    """sha256 of a spec's content: tells two versions of one platform or model name apart (an edited YAML)."""
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def engine_version(engine: str) -> str:
@@ -113,6 +120,11 @@ class SweepPoint(BaseModel):
     def compute_platform(self) -> PlatformSpec:
         """The scaled platform at the workload's compute precision: its peak is that precision's."""
         return self.platform_spec().at_precision(self.workload().compute_precision)
+
+    def digests(self) -> dict[str, str]:
+        """The row's DIGESTS: of the unscaled platform and of the model."""
+        return {"platform_digest": spec_digest(load_platform(self.platform)),
+                "model_digest": spec_digest(resolve_name_or_path(self.model))}  # fmt: skip
 
     def key(self) -> str:
         content = {
@@ -174,7 +186,7 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
         "kv_read_bytes": b["kv_read"], "kv_write_bytes": b["kv_write"], "activation_bytes": b["activations"],
         "dram_bytes": b["total"], "oi": counts["operational_intensity"], "roofline_compute_s": r.compute_s,
         "roofline_memory_s": r.memory_s, "roofline_s": r.bound_s, "bound": r.bound,
-        "layer_by_layer_bytes": counts["bytes_layer_by_layer"], **dict.fromkeys(DIAGNOSTICS),
+        "layer_by_layer_bytes": counts["bytes_layer_by_layer"], **dict.fromkeys(DIAGNOSTICS), **point.digests(),
     }  # fmt: skip
     engine, strategy = registry.parse(point.engine)
     scratch = workdir is None and engine.runs_in_process  # an engine process writes its files into a folder

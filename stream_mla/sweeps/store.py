@@ -22,8 +22,11 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import socket
 import sqlite3
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -34,7 +37,7 @@ import pandas as pd
 
 from stream_mla.errors import FaultError, SpecError, excerpt, short_path
 from stream_mla.io import prepare_output
-from stream_mla.sweeps.points import ROW_COLUMNS
+from stream_mla.sweeps.points import DIGESTS, ROW_COLUMNS
 
 DEFAULT_DB = "results/results.sqlite"
 
@@ -43,7 +46,15 @@ INT_COLUMNS = ("batch", "context", "queries", "window", "kv_chunks", "kv_heads",
                "layer_by_layer_bytes")  # fmt: skip
 TEXT_COLUMNS = ("key", "status", "error", "model", "scheme", "phase", "part", "precision", "kv_precision",
                 "act_precision", "platform", "engine", "engine_version", "strategy", "bound", "warnings", "strategies",
-                "hotspot", "excess_step", "lag_step")  # fmt: skip
+                "hotspot", "excess_step", "lag_step", *DIGESTS)  # fmt: skip
+JSON_COLUMNS = ("warnings", "strategies")
+# What the readers need in an ok row: a NULL here is a damaged row (a hand edit), skipped with a warning
+NEEDED = ("key", "model", "scheme", "phase", "part", "batch", "context", "queries", "platform", "bw_scale", "engine",
+          "peak_flop_per_s", "dram_bytes_per_s", "ridge", "macs", "dram_bytes", "oi", "roofline_s", "latency_s",
+          "energy_pj")  # fmt: skip
+STORED = (*ROW_COLUMNS, "created_at")
+IDENTITY = ("key", "status", "model", "platform", "engine", "created_at")  # every results table has these
+SQLITE_HEADER = b"SQLite format 3\x00"
 SORT_COLUMNS = ("engine", "model", "scheme", "phase", "batch", "context", "platform", "bw_scale", "key")
 FORMATS = ("csv", "parquet")
 TEXT_DTYPE = "str" if int(pd.__version__.split(".")[0]) >= 3 else object  # pandas 3's default string dtype
@@ -53,6 +64,34 @@ HEARTBEAT_S = 10.0  # how often an owner refreshes the heartbeat of its live cla
 CLAIM_STALE_S = 90.0  # a claim whose heartbeat is older is taken over (from any host)
 HOST = socket.gethostname()
 _OPEN_OWNERS: set[str] = set()  # the owners open in this process: a claim of this process by another is stale
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
+
+
+def latest_versions(df: pd.DataFrame) -> pd.DataFrame:
+    """Of each platform and model name whose ok rows carry several content digests (the YAML or config edited
+    between sweeps), only the rows of the latest version (by `created_at`, then `rowid`), with one warning line
+    per name: two versions are never mixed. A row without a digest (an older store's) counts as one version; a
+    failed row without one is kept (it carries no numbers to mix)."""
+    order = df.sort_values(["created_at", "rowid"], na_position="first").index
+    rank = pd.Series(range(len(order)), index=order)
+    ok = df["status"] == "ok"
+    for name, digest in (("platform", "platform_digest"), ("model", "model_digest")):
+        version = df[digest].astype(object).where(df[digest].notna(), "")
+        newest = rank[ok].groupby([df.loc[ok, name], version[ok]]).max()
+        for value, versions in newest.groupby(level=0):
+            if len(versions) < 2:
+                continue
+            latest = versions.idxmax()[1]
+            mine = df[name] == value
+            stale = mine & (version != latest) & (ok | (version != ""))
+            _warn(f"--db: the store holds {len(versions)} versions of {name} {value!r}; using the latest "
+                  f"({int((mine & ~stale).sum())} rows), ignoring {int(stale.sum())} older rows (sweep into a new "
+                  "--db to compare versions)")  # fmt: skip
+            df, rank, ok, version = df[~stale], rank[~stale], ok[~stale], version[~stale]
+    return df
 
 
 def _writable(path: Path) -> bool:
@@ -158,18 +197,25 @@ class ResultStore:
         self.readonly = readonly
         self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # who holds this store's claims
         self._heartbeat: _Heartbeat | None = None
+        self._copy: Path | None = None  # a private copy read instead (a WAL store in a read-only folder)
         try:
             self.conn = self._open_readonly() if readonly else self._open_for_writing()
             have = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})")]
         except sqlite3.DatabaseError as exc:
+            self._drop_copy()
             if not readonly and ("readonly" in str(exc) or "unable to open" in str(exc)):
                 raise SpecError(f"--db: {short_path(self.path)} is read-only ({exc}; a sweep writes to it: make "
                                 "it writable or give another --db)") from None  # fmt: skip
             raise SpecError(f"--db: {short_path(self.path)} is not a results store ({exc})") from None
         if readonly and not have:
+            self.close()
             raise SpecError(f"--db: {short_path(self.path)} is not a results store (no {TABLE} table)")
-        if have != [*ROW_COLUMNS, "created_at"]:
-            raise SpecError(f"--db: {self.path} has other columns than this version's rows; use a new --db")
+        try:
+            self._check_columns(have)
+        except SpecError:
+            self.close()
+            raise
+        self.columns = set(have)  # an older store lacks the newest columns: they read as NULL
         if not readonly:
             self._prepare_claims()
             _OPEN_OWNERS.add(self.owner)
@@ -198,29 +244,92 @@ class ResultStore:
                 (self.owner, os.getpid(), HOST, now, now, now, doc),
             )  # fmt: skip
 
+    def _check_columns(self, have: list[str]) -> None:
+        """A results table of this version or an older one (fewer columns); anything else is refused."""
+        where = short_path(self.path)
+        if not set(IDENTITY) <= set(have):
+            raise SpecError(f"--db: {where} is not a results store (its {TABLE} table lacks "
+                            f"{', '.join(c for c in IDENTITY if c not in have)}; give another --db)")  # fmt: skip
+        newer = [c for c in have if c not in STORED]
+        if newer:
+            raise SpecError(f"--db: {where} has columns this version does not know ({', '.join(newer[:3])}): a "
+                            "newer stream-mla wrote it; use that version or a new --db")  # fmt: skip
+
+    def _check_existing(self) -> None:
+        """Before anything is written: an existing non-empty file must be SQLite and hold a results table (or no
+        table at all), so that a file of another program is refused unaltered."""
+        where = short_path(self.path)
+        with self.path.open("rb") as f:
+            if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise SpecError(f"--db: {where} is not a results store (not an SQLite file; give another --db)")
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        try:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            have = [r[1] for r in conn.execute(f"PRAGMA table_info({TABLE})")]
+        finally:
+            conn.close()
+        if tables and TABLE not in tables:
+            raise SpecError(f"--db: {where} is not a results store (an SQLite file of other tables: "
+                            f"{excerpt(', '.join(tables[:5]))}; give another --db)")  # fmt: skip
+        if have:
+            self._check_columns(have)
+
     def _open_for_writing(self) -> sqlite3.Connection:
         if self.path.is_file() and not _writable(self.path):
             raise sqlite3.OperationalError("attempt to write a readonly database")
+        if self.path.is_file() and self.path.stat().st_size:
+            self._check_existing()
         prepare_output(self.path, "--db")  # parent folders made; a place that cannot be written is refused here
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)  # autocommit; explicit txns
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         cols = ", ".join(f"{c} {_sql_type(c)}" for c in ROW_COLUMNS)
         conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({cols}, created_at REAL, PRIMARY KEY (key))")
+        have = [r[1] for r in conn.execute(f"PRAGMA table_info({TABLE})")]
+        if set(IDENTITY) <= set(have) and not set(ROW_COLUMNS) <= set(have):  # an older store: add the new columns
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                have = [r[1] for r in conn.execute(f"PRAGMA table_info({TABLE})")]  # another opener may have
+                for c in ROW_COLUMNS:
+                    if c not in have:
+                        conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {c} {_sql_type(c)}")
         return conn
 
     def _open_readonly(self) -> sqlite3.Connection:
         if not self.path.is_file():
             raise SpecError(f"--db: no such results store {short_path(self.path)} (run `stream-mla sweep` first)")
         uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0)
         try:
-            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0)
             conn.execute(f"PRAGMA table_info({TABLE})")
             return conn
         except sqlite3.OperationalError:
-            # A WAL store on a read-only file system: its -shm index cannot be made. Nobody can be writing
-            # there, so reading it as immutable is safe.
+            conn.close()
+        # A WAL store in a folder that cannot be written: its -shm index cannot be made. Nobody can be writing
+        # there; reading it as immutable is right unless rows wait in its -wal file (immutable ignores them).
+        wal = Path(f"{self.path}-wal")
+        if not (wal.is_file() and wal.stat().st_size):
             return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+        return self._open_copy(wal)
+
+    def _open_copy(self, wal: Path) -> sqlite3.Connection:
+        """The store and its -wal file copied to a private folder and read there, every row included."""
+        self._copy = Path(tempfile.mkdtemp(prefix="stream-mla-store-"))
+        copy = self._copy / "results.sqlite"
+        try:
+            shutil.copyfile(self.path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+        except OSError as exc:
+            self._drop_copy()
+            raise FaultError(f"--db: {short_path(self.path)} keeps rows in {wal.name} and its folder is read-only; "
+                             f"copying both to a temporary folder failed ({exc.strerror or exc}): copy the two "
+                             "files to a writable folder and read them there") from None  # fmt: skip
+        return sqlite3.connect(f"{copy.as_uri()}?mode=ro", uri=True, timeout=30.0)
+
+    def _drop_copy(self) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     def close(self) -> None:
         if self._heartbeat is not None:
@@ -228,6 +337,7 @@ class ResultStore:
             self._stop_heartbeat()
         _OPEN_OWNERS.discard(self.owner)
         self.conn.close()
+        self._drop_copy()
 
     def __enter__(self) -> "ResultStore":
         return self
@@ -250,7 +360,7 @@ class ResultStore:
         try:
             with self.conn:  # one committed transaction per row
                 self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.execute(f"INSERT OR REPLACE INTO {TABLE} VALUES ({marks})", values)
+                self.conn.execute(f"INSERT OR REPLACE INTO {TABLE} ({', '.join(STORED)}) VALUES ({marks})", values)
                 self._settle([row.get("key")])
         except sqlite3.OperationalError as exc:  # disk full, I/O error: every row committed before is kept
             raise FaultError(f"--db: {short_path(self.path)}: cannot write ({exc}); finished points are kept, "
@@ -290,7 +400,8 @@ class ResultStore:
         try:
             with self.conn:  # one committed transaction for all of them
                 self.conn.execute("BEGIN IMMEDIATE")
-                self.conn.executemany(f"INSERT OR REPLACE INTO {TABLE} VALUES ({marks})", values)
+                self.conn.executemany(f"INSERT OR REPLACE INTO {TABLE} ({', '.join(STORED)}) VALUES ({marks})",
+                                      values)  # fmt: skip
                 self._settle([v[0] for v in values])
         except sqlite3.OperationalError as exc:  # disk full, I/O error: every row committed before is kept
             raise FaultError(f"--db: {short_path(self.path)}: cannot write ({exc}); finished points are kept, "
@@ -384,10 +495,20 @@ class ResultStore:
 
     def table(self, include_failed: bool = False) -> pd.DataFrame:
         """The tidy table: ROW_COLUMNS, sorted by (engine, model, scheme, phase, batch, context, platform, bw_scale,
-        key)."""
+        key). What every reader reads: damaged rows (`damaged`) are skipped, and of a platform or model name swept
+        in several versions (an edited YAML or config) only the latest version's rows are kept; each is one
+        warning line on stderr."""
         where = "" if include_failed else "WHERE status = 'ok'"
-        sql = f"SELECT {', '.join(ROW_COLUMNS)} FROM {TABLE} {where} ORDER BY {', '.join(SORT_COLUMNS)}"
+        bad = self.damaged(where)
+        select = ", ".join(c if c in self.columns else f"NULL AS {c}" for c in ROW_COLUMNS)
+        sql = f"SELECT {select}, created_at, rowid FROM {TABLE} {where} ORDER BY {', '.join(SORT_COLUMNS)}"
         df = pd.read_sql_query(sql, self.conn)
+        if bad:
+            df = df[~df["key"].isin(bad)]
+            first = next(iter(bad))
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            _warn(f"--db: skipped {len(bad)} damaged row{'s' if len(bad) > 1 else ''} (key {first}: {bad[first]}"
+                  f"{more}; delete them and sweep again to recompute them)")  # fmt: skip
         for c in ROW_COLUMNS:
             if c in INT_COLUMNS:
                 df[c] = df[c].astype("Int64")
@@ -395,7 +516,29 @@ class ResultStore:
                 df[c] = df[c].astype(TEXT_DTYPE)
             else:
                 df[c] = df[c].astype("float64")
-        return df.reset_index(drop=True)
+        df = latest_versions(df)
+        return df[list(ROW_COLUMNS)].reset_index(drop=True)
+
+    def damaged(self, where: str = "") -> dict[str, str]:
+        """{key: what is wrong} of the rows a reader cannot take (hand edits): a value of the wrong type for its
+        column, invalid JSON in warnings or strategies, a NULL where an ok row needs a value."""
+        cases = []
+        for c in ROW_COLUMNS:
+            if c not in self.columns:
+                continue
+            if c in TEXT_COLUMNS:
+                kinds, what = "'text'", "text"
+            else:
+                kinds, what = ("'integer'", "an integer") if c in INT_COLUMNS else ("'integer', 'real'", "a number")
+            cases.append(f"WHEN typeof({c}) NOT IN ('null', {kinds}) THEN '{c} is not {what} ('"
+                         f" || quote(substr({c}, 1, 20)) || ')'")  # fmt: skip
+            if c in JSON_COLUMNS:
+                cases.append(f"WHEN {c} IS NOT NULL AND NOT json_valid({c}) THEN '{c} is not JSON'")
+            if c in NEEDED:
+                cases.append(f"WHEN status = 'ok' AND {c} IS NULL THEN '{c} is empty'")
+        sql = (f"SELECT key, problem FROM (SELECT key, CASE {' '.join(cases)} END AS problem FROM {TABLE} {where}) "
+               "WHERE problem IS NOT NULL ORDER BY key")  # fmt: skip
+        return {key: problem for key, problem in self.conn.execute(sql)}
 
     def export(self, path, fmt: str = "csv", include_failed: bool = False) -> None:
         """Write the table as CSV (same store -> same bytes) or Parquet; `path` may be a file or a text stream."""

@@ -1,0 +1,206 @@
+"""Issue 28: nothing silently wrong, nothing lost: the results store and its readers under real faults.
+
+Real stores, real folders, the real CLI (in-process through `main`, as the user runs it); no mocks.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stream_mla.cli import main
+from stream_mla.platforms import PRESETS
+from stream_mla.sweeps.points import DIGESTS, ROW_COLUMNS
+from stream_mla.sweeps.runner import run_sweep
+from stream_mla.sweeps.spec import load_sweep
+from stream_mla.sweeps.store import ResultStore
+
+SMALL = {"models": ["deepseek-v2-lite"], "schemes": ["mha", "mla-absorb"], "context": [512, 1024],
+         "platforms": ["edge-npu"]}  # fmt: skip
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(capsys, code: int, *argv) -> str:
+    """Run the CLI; assert the exit code and exactly one line on stderr, no traceback; return that line."""
+    got, _, err = run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert got == code and len(lines) == 1 and "Traceback" not in err, (got, err)
+    return lines[0]
+
+
+def spec_file(tmp_path: Path, *blocks: dict, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps({"sweeps": list(blocks)}))
+    return path
+
+
+def exported(capsys, db: Path, *extra) -> tuple[list[dict], str]:
+    """`results --db db` as records (every value a string), and its stderr."""
+    code, out, err = run(capsys, "results", "--db", db, *extra)
+    assert code == 0, err
+    head, *lines = out.splitlines()
+    return [dict(zip(head.split(","), line.split(","), strict=False)) for line in lines], err
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` and its files made read-only: as root (whom file modes do not stop) a tmpfs remounted ro,
+    else chmod."""
+    if os.geteuid() != 0:
+        files = list(folder.iterdir())
+        for f in files:
+            f.chmod(0o444)
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+            for f in files:
+                f.chmod(0o644)
+        return
+    content = {f.name: f.read_bytes() for f in folder.iterdir()}
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("a read-only folder needs a tmpfs mount as root")
+    try:
+        for name, data in content.items():
+            (folder / name).write_bytes(data)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+# --- 1. an edited platform YAML or model config, swept again into the same store ---------------------------------
+
+
+def test_an_edited_platform_yaml_is_never_mixed_with_its_earlier_version(tmp_path, capsys):
+    npu = tmp_path / "my-npu.yaml"
+    npu.write_text(yaml.safe_dump({**PRESETS["edge-npu"].model_dump(mode="json"), "name": "my-npu"}))
+    spec = spec_file(tmp_path, {**SMALL, "platforms": [str(npu)]})
+    db = tmp_path / "r.sqlite"
+    assert run(capsys, "sweep", spec, "--db", db, "-q")[0] == 0
+    npu.write_text(yaml.safe_dump({**yaml.safe_load(npu.read_text()), "dram_gb_s": 16.0}))  # the user's edit
+    assert run(capsys, "sweep", spec, "--db", db, "-q")[0] == 0
+    with ResultStore(db, readonly=True) as store:
+        assert len(store) == 8  # both versions' rows are kept in the store
+    rows, err = exported(capsys, db)
+    assert len(rows) == 4 and {float(r["dram_bytes_per_s"]) for r in rows} == {16e9}  # the latest version only
+    assert len(err.strip().splitlines()) == 1
+    assert "2 versions of platform 'my-npu'" in err and "latest (4 rows), ignoring 4 older rows" in err
+    code, out, err = run(capsys, "claims", "--db", db, "--json")  # every reader reads the same selection
+    assert code == 0 and "2 versions of platform 'my-npu'" in err
+
+
+def test_an_edited_model_config_is_never_mixed_with_its_earlier_version(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    hf = {"hidden_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 8, "num_hidden_layers": 2}
+    config.write_text(json.dumps(hf))
+    spec = spec_file(tmp_path, {**SMALL, "models": [str(config)], "schemes": ["mha"]})
+    db = tmp_path / "r.sqlite"
+    assert run(capsys, "sweep", spec, "--db", db, "-q")[0] == 0
+    config.write_text(json.dumps({**hf, "hidden_size": 2048}))
+    assert run(capsys, "sweep", spec, "--db", db, "-q")[0] == 0
+    rows, err = exported(capsys, db)
+    assert len(rows) == 2 and len({r["model_digest"] for r in rows}) == 1
+    assert "2 versions of model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rows_carry_the_digests_on_both_paths(tmp_path, capsys):
+    """The analytic fast path and run_point (engine points, odd points) fill the same digest columns."""
+    from stream_mla.sweeps.fast import analytic_rows
+    from stream_mla.sweeps.points import SweepPoint, run_point
+
+    p = SweepPoint(model="deepseek-v2-lite", scheme="mla-absorb", context=512, platform="edge-npu")
+    fast, slow = analytic_rows([p])[0], run_point(p)
+    assert all(fast[d] and fast[d] == slow[d] for d in DIGESTS)
+
+
+def test_a_store_of_the_previous_version_still_loads_and_takes_new_rows(tmp_path, capsys):
+    """A store written before the digest columns existed: read as it is, and extended when swept into."""
+    db = tmp_path / "r.sqlite"
+    assert run(capsys, "sweep", spec_file(tmp_path, SMALL), "--db", db, "-q")[0] == 0
+    old = [c for c in ROW_COLUMNS if c not in DIGESTS]
+    conn = sqlite3.connect(db)
+    conn.execute(f"CREATE TABLE old AS SELECT {', '.join(old)}, created_at FROM results")
+    conn.execute("DROP TABLE results")
+    conn.execute("ALTER TABLE old RENAME TO results")
+    conn.commit()
+    conn.close()
+    rows, err = exported(capsys, db)
+    assert len(rows) == 4 and not err and all(r["platform_digest"] == "" for r in rows)
+    assert run(capsys, "sweep", spec_file(tmp_path, {**SMALL, "context": [2048]}), "--db", db, "-q")[0] == 0
+    rows, err = exported(capsys, db)  # rows without a digest are a version of their own: never mixed either
+    assert len(rows) == 2 and all(r["platform_digest"] for r in rows)
+    assert "2 versions of platform 'edge-npu'" in err and "ignoring 4 older rows" in err
+    with ResultStore(db, readonly=True) as store:
+        assert len(store) == 6
+
+
+# --- 2. a read-only copy of a store whose newest rows are still in its -wal file ----------------------------------
+
+
+@pytest.mark.parametrize("files", [("", "-wal"), ("", "-wal", "-shm")], ids=["db+wal", "db+wal+shm"])
+def test_a_read_only_copy_with_its_wal_reads_every_row(tmp_path, capsys, files):
+    db = tmp_path / "r.sqlite"
+    assert run(capsys, "sweep", spec_file(tmp_path, SMALL), "--db", db, "-q")[0] == 0  # 4 rows in the file itself
+    more = load_sweep(spec_file(tmp_path, {**SMALL, "context": [2048, 4096, 8192]}, name="more.yaml"))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    with ResultStore(db) as writer:  # a sweep still running: its rows are in the -wal file, not yet in the store's
+        writer.conn.execute("PRAGMA wal_autocheckpoint=0")
+        assert run_sweep(more, writer, progress=False)["computed"] == 6
+        assert Path(f"{db}-wal").stat().st_size > 0
+        for suffix in files:  # what `cp r.sqlite* backup/` takes while it runs
+            shutil.copyfile(f"{db}{suffix}", ro / f"r.sqlite{suffix}")
+    with read_only(ro):
+        rows, err = exported(capsys, ro / "r.sqlite")
+        assert len(rows) == 10 and not err
+        assert len(set(os.listdir(ro))) == len(files)  # the copy is read elsewhere; nothing was written here
+
+
+# --- 3. a file that is not a results store, given as --db -------------------------------------------------------
+
+
+def _foreign_files(tmp_path: Path) -> dict[str, Path]:
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("INSERT INTO notes (text) VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+    text = tmp_path / "notes.txt"
+    text.write_text("not sqlite at all\n")
+    return {"sqlite": other, "text": text}
+
+
+@pytest.mark.parametrize("command", ["sweep", "results", "claims", "figures", "report"])
+@pytest.mark.parametrize("kind", ["sqlite", "text"])
+def test_a_file_of_another_program_is_refused_unaltered(tmp_path, capsys, command, kind):
+    path = _foreign_files(tmp_path)[kind]
+    before = path.read_bytes()
+    argv = {"sweep": ["sweep", spec_file(tmp_path, SMALL), "-q"], "results": ["results"], "claims": ["claims"],
+            "figures": ["figures", "-o", tmp_path / "figs"], "report": ["report", "-o", tmp_path / "r.html",
+            "--figures", tmp_path / "figs"]}[command]  # fmt: skip
+    names = sorted(p.name for p in tmp_path.iterdir())
+    line = one_line(capsys, 2, *argv, "--db", path)
+    assert "not a results store" in line and path.name in line
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no -wal, -shm, figures or report left
+
+
+def test_an_empty_file_becomes_a_store(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    db.touch()
+    assert run(capsys, "sweep", spec_file(tmp_path, SMALL), "--db", db, "-q")[0] == 0
+    assert len(exported(capsys, db)[0]) == 4
