@@ -11,7 +11,9 @@ import struct
 from pathlib import Path
 
 import pytest
+import yaml
 
+from stream_mla.cli import main
 from stream_mla.engines import Hardware
 from stream_mla.engines import cost_cache as cc
 from stream_mla.engines import group_memo as gm
@@ -20,7 +22,7 @@ from stream_mla.engines.stream_runner import evaluate_stream
 from stream_mla.errors import SpecError
 from stream_mla.models import PRESETS as MODELS
 from stream_mla.models import from_hf_config
-from stream_mla.platforms import PRESETS
+from stream_mla.platforms import PRESETS, PlatformSpec
 from stream_mla.sweeps import fast
 from stream_mla.workloads import export, make_spec, polynomial
 
@@ -199,3 +201,41 @@ def test_qwen2_with_some_layers_windowed_is_refused(tmp_path):
     with pytest.raises(SpecError, match=r"1 of 2 layers windowed"):
         hf(tmp_path, model_type="qwen2", **BASE, use_sliding_window=True,
            layer_types=["full_attention", "sliding_attention"])  # fmt: skip
+
+
+# --- 3. platform values checked for physical sense ------------------------------------------------------------
+def cli(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def one_line(capsys, *argv) -> str:
+    """The CLI in-process: exit 2 and one error line, which it returns."""
+    code, err = cli(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
+def platform_yaml(tmp_path: Path, **fields) -> Path:
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({**EDGE.model_dump(mode="json"), "name": "mine", **fields}))
+    return path
+
+
+def test_an_sram_smaller_than_one_tile_is_refused(tmp_path, capsys):
+    """edge-npu's 32 x 32 bf16 array holds a 2,048-byte weight tile; a 1,000-byte SRAM cannot feed it."""
+    line = one_line(capsys, "platforms", platform_yaml(tmp_path, sram_bytes=1000))
+    assert "sram_bytes: 1,000 B is smaller than one tile" in line and "rows x cols = 32 x 32 bf16 = 2,048 B" in line
+
+
+def test_dram_faster_than_the_sram_ports_is_refused(tmp_path, capsys):
+    """100 GB/s at 0.25 GHz is 3,200 bits/cycle into one core's 2,048-bit SRAM port: a bandwidth never reached."""
+    line = one_line(capsys, "platforms", platform_yaml(tmp_path, dram_gb_s=100))
+    assert "dram_gb_s: 100 GB/s is 3,200 bits/cycle" in line and "cores x sram_bits_per_cycle = 2,048" in line
+    assert cli(capsys, "platforms", platform_yaml(tmp_path, dram_gb_s=64))[0] == 0  # 2,048 bits/cycle: the port
+
+
+def test_every_preset_is_physical():
+    for preset in PRESETS.values():
+        assert PlatformSpec.model_validate(preset.model_dump()) == preset

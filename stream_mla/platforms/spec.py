@@ -103,6 +103,23 @@ class PlatformSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _physical(self) -> "PlatformSpec":
+        """What no chip can be: an SRAM that cannot hold one tile of weights of its own array (rows x cols operands
+        at the native precision), or a DRAM that delivers more bits per cycle than the cores' SRAM ports can take."""
+        tile = self.rows * self.cols * BYTES_PER_ELEMENT[self.precision]
+        if self.sram_bytes < tile:
+            raise ValueError(f"sram_bytes: {self.sram_bytes:,} B is smaller than one tile of the array (rows x cols = "
+                             f"{self.rows} x {self.cols} {self.precision} = {tile:,} B); raise sram_bytes to at "
+                             f"least {tile:,} or shrink rows/cols")  # fmt: skip
+        ports = self.cores * self.sram_bits_per_cycle
+        dram, most = self.dram_gb_s * 8 / self.clock_ghz, ports * self.clock_ghz / 8
+        if dram > ports:
+            raise ValueError(f"dram_gb_s: {self.dram_gb_s:g} GB/s is {dram:,.0f} bits/cycle at {self.clock_ghz:g} "
+                             f"GHz, more than the SRAM ports take (cores x sram_bits_per_cycle = {ports:,}); lower "
+                             f"dram_gb_s to at most {most:g} or widen sram_bits_per_cycle")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _rates(self) -> "PlatformSpec":
         for prec, rate in self.mac_rate.items():
             if prec == self.precision and rate != 1:
