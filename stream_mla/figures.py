@@ -709,22 +709,53 @@ FIGURES: dict[str, Callable[[pd.DataFrame, Path], list[Path]]] = {
 }  # fmt: skip
 
 
+STAMP = ".figures.json"  # in a figures folder: the digest of the rows drawn and the files drawn from them
+FIGURE_SUFFIXES = (".png", ".svg", ".csv")
+
+
+def rows_digest(df: pd.DataFrame) -> str:
+    """sha256 of the ok rows a figure can draw (one per key, in key order): what `report` checks a figures
+    folder's stamp against, so that it never embeds figures drawn from other rows."""
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    if "key" in ok.columns:
+        ok = ok.drop_duplicates("key").sort_values("key", kind="stable")
+    ok = ok.reset_index(drop=True).sort_index(axis=1)
+    return hashlib.sha256(pd.util.hash_pandas_object(ok, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def read_stamp(out_dir: str | Path) -> dict | None:
+    """A figures folder's stamp ({"digest", "rows", "files"}), or None where there is none readable."""
+    try:
+        stamp = json.loads((Path(out_dir) / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) and isinstance(stamp.get("files"), list) else None
+
+
 def make_figures(df: pd.DataFrame, out_dir: str | Path, only: Iterable[str] | None = None) -> list[Path]:
     """Every figure that has data; a figure without data is skipped with a logged note.
 
     Figures are a pure function of the table: when `out_dir` holds the files drawn from the same rows by the
-    same code (a stamp file records the digest), they are reused instead of drawn again."""
+    same code (a stamp file records the digest), they are reused instead of drawn again. The folder then holds
+    only this table's figures: figure files of an earlier run that this one did not draw are removed, and the
+    stamp is removed while drawing and written (atomically) once every file is."""
+    import contextlib
+
+    from stream_mla.io import atomic
+
     out = Path(out_dir)
     wanted = [fid for fid in FIGURES if only is None or fid in only]
-    rows = pd.util.hash_pandas_object(df.sort_index(axis=1), index=False).to_numpy().tobytes()
+    rows = rows_digest(df)
     code = Path(__file__).read_bytes()  # a changed figure function must redraw
-    digest = hashlib.sha256(rows + code + f"{__version__} {wanted}".encode()).hexdigest()
-    stamp = out / ".figures.json"
-    if stamp.is_file():
-        cached = json.loads(stamp.read_text())
+    digest = hashlib.sha256(rows.encode() + code + f"{__version__} {wanted}".encode()).hexdigest()
+    stamp = out / STAMP
+    cached = read_stamp(out)
+    if cached is not None and cached.get("digest") == digest:
         files = [out / f for f in cached["files"]]
-        if cached["digest"] == digest and all(f.is_file() for f in files):
+        if all(f.is_file() for f in files):
             return files
+    with contextlib.suppress(FileNotFoundError):
+        stamp.unlink()  # a run stopped midway leaves no stamp: `report` then refuses the folder
     files: list[Path] = []
     for fid in wanted:
         try:
@@ -732,5 +763,10 @@ def make_figures(df: pd.DataFrame, out_dir: str | Path, only: Iterable[str] | No
         except NoData as exc:
             log.warning("skipped %s", exc)
     out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"digest": digest, "files": [f.name for f in files]}) + "\n")
+    drawn = {f.name for f in files}
+    for f in out.iterdir():  # an earlier run's figures that this table does not give
+        if f.suffix in FIGURE_SUFFIXES and f.name.split("_")[0] in FIGURES and f.name not in drawn:
+            f.unlink()
+    with atomic(stamp) as tmp:
+        tmp.write_text(json.dumps({"digest": digest, "rows": rows, "files": [f.name for f in files]}) + "\n")
     return files

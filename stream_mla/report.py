@@ -14,8 +14,8 @@ import pandas as pd
 
 from stream_mla.advise import recommend
 from stream_mla.claims import FAIL, Check, ClaimResults, evaluate_claims, expectation, failure, fmt_value
-from stream_mla.errors import SpecError
-from stream_mla.figures import ordered
+from stream_mla.errors import SpecError, short_path
+from stream_mla.figures import STAMP, ordered, read_stamp, rows_digest
 from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
 from stream_mla.workloads import registry
@@ -138,8 +138,31 @@ def model_table(ok: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
-def _figures_html(figures_dir: Path | None) -> str:
-    pngs = sorted(Path(figures_dir).glob("F*.png")) if figures_dir and Path(figures_dir).is_dir() else []
+def current_figures(figures_dir: Path | None, ok: pd.DataFrame) -> list[Path]:
+    """The PNGs of `figures_dir` drawn from exactly these ok rows (its stamp says so); [] where the folder holds no
+    figures. Figures drawn from other rows (another store, rows added since), or without a stamp, are refused:
+    a report never shows a figure that its rows did not give."""
+    folder = Path(figures_dir) if figures_dir else None
+    if folder is None or not folder.is_dir():
+        return []
+    stamp, again = read_stamp(folder), f"run `stream-mla figures` with the same --db and -o {short_path(folder)} first"
+    if stamp is None:
+        if any(folder.glob("F*.png")):
+            raise SpecError(f"--figures: {short_path(folder)} holds figures without a {STAMP} record of the rows "
+                            f"they show ({again})")  # fmt: skip
+        return []
+    if stamp.get("rows") != rows_digest(ok):
+        raise SpecError(f"--figures: the figures in {short_path(folder)} were drawn from other rows than this "
+                        f"store's ({again})")  # fmt: skip
+    pngs = [folder / name for name in stamp["files"] if str(name).endswith(".png")]
+    missing = [p.name for p in pngs if not p.is_file()]
+    if missing:
+        raise SpecError(f"--figures: {short_path(folder)} lacks {missing[0]}, which its {STAMP} lists ({again})")
+    return sorted(pngs)
+
+
+def _figures_html(figures_dir: Path | None, ok: pd.DataFrame) -> str:
+    pngs = current_figures(figures_dir, ok)
     if not pngs:
         return f"<p>No figures found in {html.escape(str(figures_dir))} (run <code>stream-mla figures</code>).</p>"
     parts = []
@@ -206,6 +229,7 @@ def _recommendations_html(ok: pd.DataFrame) -> str:
 def render_report(df: pd.DataFrame, figures_dir: str | Path | None) -> str:
     """The report's HTML for a result table (all rows; failed rows are listed, ok rows feed the rest)."""
     ok = _ok(df)
+    figures = _figures_html(Path(figures_dir) if figures_dir else None, ok)  # first: stale figures are refused
     results = evaluate_claims(ok)
     ver = pd.DataFrame(list(versions().items()), columns=["package", "version"])
     return f"""<!DOCTYPE html>
@@ -220,7 +244,7 @@ Stream / ZigZag. MHA baseline: d_h = 128 (§3).</p>
 <h2>Recommended decode scheme (stored analytic rows, smallest batch)</h2>
 {_recommendations_html(ok)}
 <h2>Figures</h2>
-{_figures_html(Path(figures_dir) if figures_dir else None)}
+{figures}
 <h2>Evidence</h2>
 {evidence_html(results)}
 <details><summary>Points per engine and status</summary>{_points_html(df)}</details>

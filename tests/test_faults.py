@@ -204,3 +204,40 @@ def test_an_empty_file_becomes_a_store(tmp_path, capsys):
     db.touch()
     assert run(capsys, "sweep", spec_file(tmp_path, SMALL), "--db", db, "-q")[0] == 0
     assert len(exported(capsys, db)[0]) == 4
+
+
+# --- 6. a report never embeds a figure that its store did not give --------------------------------------------
+
+V3 = {"models": ["deepseek-v3"], "schemes": ["mha", "mla-absorb"], "context": [1024, 4096], "platforms": ["h100-like"]}
+
+
+def test_report_refuses_figures_of_other_rows_and_figures_keeps_only_its_own(tmp_path, capsys):
+    from stream_mla.figures import make_figures
+
+    a, b, figs = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "figs"
+    assert run(capsys, "sweep", spec_file(tmp_path, V3, name="a.yaml"), "--db", a, "-q")[0] == 0
+    assert run(capsys, "sweep", spec_file(tmp_path, SMALL, name="b.yaml"), "--db", b, "-q")[0] == 0
+    with ResultStore(a, readonly=True) as store:
+        assert {f.name.split("_")[0] for f in make_figures(store.table(), figs, only=["F1", "F4"])} == {"F1", "F4"}
+    html = tmp_path / "r.html"
+    line = one_line(capsys, 2, "report", "--db", b, "--figures", figs, "-o", html)
+    assert "drawn from other rows" in line and "stream-mla figures" in line and not html.exists()
+    with ResultStore(b, readonly=True) as store:  # what `figures --db b -o figs` draws (F1: no V3 rows in b)
+        assert [f.name for f in make_figures(store.table(), figs, only=["F1", "F4"])][0].startswith("F4_")
+    assert not list(figs.glob("F1_*"))  # a's F1 is gone from the folder
+    code, _, err = run(capsys, "report", "--db", b, "--figures", figs, "-o", html)
+    assert code == 0 and not err
+    text = html.read_text()
+    assert "F4_latency_vs_context.png" in text and "F1_" not in text
+    assert run(capsys, "sweep", spec_file(tmp_path, {**SMALL, "context": [2048]}, name="c.yaml"), "--db", b,
+               "-q")[0] == 0  # fmt: skip
+    assert "drawn from other rows" in one_line(capsys, 2, "report", "--db", b, "--figures", figs, "-o", html)
+
+
+def test_report_refuses_figures_without_a_stamp(tmp_path, capsys):
+    db, figs = tmp_path / "r.sqlite", tmp_path / "figs"
+    assert run(capsys, "sweep", spec_file(tmp_path, SMALL), "--db", db, "-q")[0] == 0
+    figs.mkdir()
+    (figs / "F4_latency_vs_context.png").write_bytes(b"\x89PNG an earlier version's figure")
+    line = one_line(capsys, 2, "report", "--db", db, "--figures", figs, "-o", tmp_path / "r.html")
+    assert "without a .figures.json record" in line and not (tmp_path / "r.html").exists()
