@@ -241,3 +241,26 @@ def test_report_refuses_figures_without_a_stamp(tmp_path, capsys):
     (figs / "F4_latency_vs_context.png").write_bytes(b"\x89PNG an earlier version's figure")
     line = one_line(capsys, 2, "report", "--db", db, "--figures", figs, "-o", tmp_path / "r.html")
     assert "without a .figures.json record" in line and not (tmp_path / "r.html").exists()
+
+
+# --- 4. a hand-edited row ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["batch = 'two'", "latency_s = 'fast'", "latency_s = NULL", "strategies = '{not json'", "warnings = x'00ff'"],
+)
+def test_a_damaged_row_is_skipped_by_key_never_a_traceback(tmp_path, capsys, edit):
+    db = tmp_path / "r.sqlite"
+    assert run(capsys, "sweep", spec_file(tmp_path, SMALL), "--db", db, "-q")[0] == 0
+    conn = sqlite3.connect(db)
+    key = conn.execute("SELECT key FROM results ORDER BY key LIMIT 1").fetchone()[0]
+    conn.execute(f"UPDATE results SET {edit} WHERE key = ?", (key,))
+    conn.commit()
+    conn.close()
+    rows, err = exported(capsys, db)
+    assert len(rows) == 3 and key not in {r["key"] for r in rows}
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "damaged row" in lines[0] and key in lines[0] and edit.split()[0] in lines[0]
+    code, _, err = run(capsys, "claims", "--db", db)
+    assert code == 0 and "damaged row" in err and "Traceback" not in err
