@@ -160,3 +160,45 @@ def split_kv_partials(m, scheme, B, C, Q=1):
     d, h, dq, q_in, dc, dn, dr, dv = dims(m)
     width = {"mha": m.d_h, "gqa": m.d_h, "mqa": m.d_h, "mla-naive": dv, "mla-recompute": dv}.get(scheme, dc)
     return B * h * Q * C * (width + 2)
+
+
+def serial_steps(m, scheme, B, L):
+    """§8.0: the (MACs, elements moved) of each step of a decode layer (Q = 1), in graph order: each product of
+    weights reads its input and weights and writes its output (norms ride along); a latent or K/V projection writes
+    its new cache entry instead; the attention core reads its queries and the cache (recompute: W_UK and W_UV too,
+    its re-projection inside) and writes its context. mla-absorb, mla-recompute and mha (V3-like, q_lora_rank > 0
+    for MLA). The graph's cache-write sink adds a few B-element exchanges, left out here."""
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+
+    def product(n_in, n_out, out=True):  # B rows through an n_in x n_out weight
+        return B * n_in * n_out, B * n_in + n_in * n_out + (B * n_out if out else 0)
+
+    if scheme == "mha":
+        dh = m.d_h
+        core = (2 * B * h * L * dh, B * h * dh + 2 * B * L * h * dh + B * h * dh)
+        k, v = product(d, h * dh), product(d, h * dh)
+        return [product(d, h * dh), k, v, core, product(h * dh, d)]
+    front = [product(d, dq), product(dq, h * dn), product(dq, h * dr), product(d, dc), product(d, dr)]
+    if scheme == "mla-absorb":
+        absorb_q = (B * h * dn * dc, B * h * dn + h * dn * dc + B * h * dc)
+        core = (B * h * L * (2 * dc + dr), B * h * (dc + dr) + B * L * (dc + dr) + B * h * dc)
+        up_v = (B * h * dc * dv, B * h * dc + h * dc * dv + B * h * dv)
+        return [*front, absorb_q, core, up_v, product(h * dv, d)]
+    if scheme == "mla-recompute":
+        macs = B * L * h * dc * (dn + dv) + B * h * L * (dn + dr + dv)
+        moved = B * h * (dn + dr) + B * L * (dc + dr) + h * dc * (dn + dv) + B * h * dv
+        return [*front, (macs, moved), product(h * dv, d)]
+    raise KeyError(scheme)
+
+
+def serial_roofline(m, scheme, B, L, peak_flop_per_s, bytes_per_s, p=2):
+    """T_serial = sum over the steps of max(2 F_k / peak, p Q_k / BW) (§8.0)."""
+    return sum(max(2 * f / peak_flop_per_s, p * q / bytes_per_s) for f, q in serial_steps(m, scheme, B, L))
+
+
+def core_crossover(m, B, R, p=2):
+    """§8.0 C3a: L*_core, the context above which recompute's attention core (≈ 2·B·L·h·d_c(d_n+d_v) FLOPs over
+    B·L·(d_c+d_r)·p + W_UK + W_UV bytes) turns compute-bound on a platform of ridge R."""
+    d, h, dq, q_in, dc, dn, dr, dv = dims(m)
+    weights = h * dc * (dn + dv) * p
+    return R * weights / (2 * h * dc * (dn + dv) * B - R * (dc + dr) * p * B)

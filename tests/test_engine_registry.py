@@ -26,13 +26,13 @@ import closed_forms as cf
 
 LITE = MODELS["deepseek-v2-lite"]
 STRATEGIES = ("keep-softmax", "per-layer", "fixed-mapping", "fused-attention", "default-fusion")
-SWEEP_NAMES = ("analytic", "zigzag", "stream", *(f"stream:{s}" for s in STRATEGIES))  # the stored engine column
+SWEEP_NAMES = ("analytic", "analytic:serial", "zigzag", "stream", *(f"stream:{s}" for s in STRATEGIES))  # stored engines
 
 
 def test_the_registry_lists_every_engine_with_its_properties():
     assert registry.names()[:3] == ("analytic", "zigzag", "stream")
     props = {e.name: (e.package, e.runs_in_process, e.strategies, e.measured) for e in registry.engines()}
-    assert props["analytic"] == (None, False, (), False)
+    assert props["analytic"] == (None, False, ("serial",), False)
     assert props["zigzag"] == ("zigzag-dse", True, (), True)
     assert props["stream"] == ("stream-dse", True, STRATEGIES, True)
     assert points.ENGINES == SWEEP_NAMES == registry.sweep_names()
@@ -143,7 +143,7 @@ def test_evaluate_validates_engine_and_strategy_through_the_registry():
         ({"engine": "stram"}, "--engine: 'stram' (allowed: analytic, zigzag, stream"),
         ({"engine": "stream:fixed-mapping"}, "--engine: 'stream:fixed-mapping'"),  # a sweep name, not an engine
         ({"engine": "zigzag", "strategy": "fixed-mapping"}, "--strategy: 'fixed-mapping' for zigzag (allowed: auto)"),
-        ({"engine": "analytic", "strategy": "roofline"}, "--strategy: 'roofline' for analytic (allowed: auto)"),
+        ({"engine": "analytic", "strategy": "roofline"}, "--strategy: 'roofline' for analytic (allowed: auto, serial)"),
         ({"engine": "stream", "strategy": "x"}, "--strategy: 'x' for stream (allowed: auto, keep-softmax, per-layer"),
     ]
     for kwargs, message in cases:

@@ -186,7 +186,7 @@ def test_rows_and_keys_equal_run_point_and_key():
 def test_a_failing_point_raises_its_own_error():
     good = SweepPoint(model="deepseek-v2-lite", scheme="mla-absorb", context=64, platform="h100-like")
     for bad in (good.model_copy(update={"queries": 100}),  # more queries than cache entries
-                good.model_copy(update={"kv_chunks": 3}),  # chunks that do not divide the keys
+                good.model_copy(update={"kv_chunks": 65}),  # more chunks than keys
                 good.model_copy(update={"model": "llama-3.1-8b"}),  # a scheme the model cannot run
                 good.model_copy(update={"precision": "int8", "platform": "cloud-fusemax"})):  # fmt: skip
         with pytest.raises(SpecError) as want:

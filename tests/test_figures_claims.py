@@ -33,11 +33,20 @@ def _points():
         yield SweepPoint(model=V3, scheme=s, phase="prefill", context=1024, platform="cloud-fusemax")
 
 
+def serial_roofline(r: pd.Series) -> float:
+    """The row's serial roofline, from the analytic engine's serial strategy on the row's point."""
+    fields = ("model", "scheme", "phase", "batch", "context", "platform", "bw_scale")
+    return run_point(SweepPoint(**{f: r[f] for f in fields}, engine="analytic:serial"))["latency_s"]
+
+
 def synthetic_engine(rows: pd.DataFrame, factor: float = 1.02) -> pd.DataFrame:
-    """SYNTHETIC 'stream' rows: copies of analytic rows with latency x factor and 3 % more DRAM bytes."""
+    """SYNTHETIC 'stream' rows: copies of analytic rows as a step-by-step engine would give them, its serial roofline
+    (§8.0) x factor, with 3 % more DRAM bytes."""
     e = rows.copy()
     e["engine"], e["key"] = "stream", e["key"] + "-synthetic"
-    e["latency_s"] = e["latency_s"] * factor
+    e["serial_bound_s"] = [serial_roofline(r) for _, r in e.iterrows()]
+    e["latency_s"] = e["serial_bound_s"] * factor
+    e["serial_ratio"] = factor
     e["engine_dram_bytes"] = e["dram_bytes"] * 1.03
     e["energy_onchip_memory_pj"] = 0.1 * e["energy_pj"]
     return e
@@ -59,7 +68,7 @@ def figures(table, tmp_path_factory):
     return out, make_figures(table, out)
 
 
-def test_figures_have_expected_series(figures):
+def test_figures_have_expected_series(figures, table):
     tmp_path, files = figures
     names = {f.name for f in files}
     for stem in ("F1_oi_vs_context", "F2_latency_energy", "F3_latency_vs_bandwidth", "F4_latency_vs_context",
@@ -77,7 +86,13 @@ def test_figures_have_expected_series(figures):
     f3 = pd.read_csv(tmp_path / "F3_latency_vs_bandwidth.csv")
     assert sorted(f3["dram_gb_s"].unique()) == [100, 1600] and set(f3["scheme"]) == set(SIX)
     f4 = pd.read_csv(tmp_path / "F4_latency_vs_context.csv")
-    assert set(f4["engine"]) == {"analytic", "stream"}
+    assert set(f4["engine"]) == {"analytic", "stream", "stream serial roofline"}  # the engine's reference, dashed
+    serial = f4[f4["engine"] == "stream serial roofline"]
+    engine = table[table["engine"] == "stream"]
+    assert len(serial)
+    for _, r in serial.iterrows():  # each dashed point is a stream row's serial roofline at that scheme and context
+        at = engine[(engine["scheme"] == r["scheme"]) & (engine["context"] == r["context"])]
+        assert any(r["latency_s"] == pytest.approx(v, rel=1e-5) for v in at["serial_bound_s"])  # CSV: 6 digits
     f5 = pd.read_csv(tmp_path / "F5_prefill.csv")
     assert (f5["macs_causal"] < f5["macs_dense"]).all() and set(f5["scheme"]) == {"mha", "mla-absorb"}
     f6 = pd.read_csv(tmp_path / "F6_winner_map.csv")
@@ -152,8 +167,12 @@ def test_forced_strategy_rows_are_an_engine_of_their_own(table):
     forced["engine"], forced["key"] = "stream:fixed-mapping", forced["key"] + "-fixed"
     r = evaluate_claims(pd.concat([table, forced], ignore_index=True))
     assert r.engines == ("analytic", "stream", "stream:fixed-mapping")
-    growth = [c for c in r.of("C4", "stream:fixed-mapping") if c.quantity.startswith("T(32k)/T(1k)")]
-    assert [round(c.measured, 2) for c in growth] == [3.07, 1.10]  # a common factor leaves the growth as analytic
+    growth = [c for c in r.of("C4", "stream:fixed-mapping") if c.quantity.startswith("T(32k)/T(1k) of")]
+    # a common factor leaves the growth as the serial model's: on h20-like absorb's core is compute-bound at 32k
+    # (1.62x, not the overlapped 1.10x), still below MHA's (the relative claim of §8.0 C4)
+    assert [round(c.measured, 2) for c in growth] == [3.07, 1.62, 0.53]
+    assert growth[1].relation == "≈" and "serial model 1.62" in growth[1].quantity
+    assert growth[1].note.startswith("Execution model: T(32k)/T(1k) is 1.62 with the steps run in turn against 1.10")
     assert _summary(r, "C4") == {"analytic": "PASS", "stream": "PASS", "stream:fixed-mapping": "PASS"}
 
 
@@ -161,8 +180,8 @@ def test_claims_use_engine_rows(table):
     r = evaluate_claims(table)
     c1 = r.of("C1", "stream")
     assert c1 and {round(c.measured, 2) for c in c1} == {1.03} and {c.verdict for c in c1} == {"PASS"}
-    c3a = _one_check(r, "C3a", "stream", "T_rc/T_abs above L*, h20-like B=1 L=4k")
-    assert c3a.verdict == "PASS" and c3a.relation == ">"
+    c3a = _one_check(r, "C3a", "stream", "T_rc/T_abs above L*_core (serial model), h20-like B=1 L=4k")
+    assert c3a.verdict == "PASS" and c3a.relation == "≈" and c3a.predicted == pytest.approx(c3a.measured)
     assert r.of("C4", "stream")  # growth from the (synthetic) engine rows on h20-like
     assert _summary(r, "C2") == {"analytic": "PASS"}  # OI is a property of the workload: engines not tested
     assert _summary(r, "C3b") == {"analytic": "PASS", "stream": "NO DATA"}  # no stream naive rows

@@ -4,7 +4,7 @@ moves exactly what a kernel of the core alone moves (queries, cache, context, an
 
 import pytest
 
-from stream_mla.claims import _serial_verdict
+from stream_mla.claims import execution_finding
 from stream_mla.models import resolve_name_or_path
 from stream_mla.workloads import build, make_spec
 from stream_mla.workloads.counts import count, roofline, step_counts
@@ -51,12 +51,10 @@ def test_weight_products_run_with_their_readers_under_both_fixed_mappings():
     assert fused["merge_vo"] == fused["o_merged_proj"] == "merge_vo" and fused["ctx"] == "attention core"
 
 
-def test_serial_verdict_names_the_serialization_only_where_it_gives_the_engines_verdict():
-    # recompute/absorb: a tie on the roofline (1.00), 1.50 on the serial bound, 1.54 in the engine: both fail ≈ 1
-    said = _serial_verdict(1.54, 1.50, 1.00, 1.0, "≈", 0.05, "T_rc/T_abs")
-    assert said.startswith(" Steps in turn explain it: T_rc/T_abs is 1.00 on the roofline, 1.50 on the serial bound")
-    assert "1.54 in the engine" in said and "engines.md trap 9" in said
-    said = _serial_verdict(1.54, 1.02, 1.00, 1.0, "≈", 0.05, "T_rc/T_abs")  # the serial bound ties: not the cause
-    assert said == " Steps in turn do not explain it: T_rc/T_abs is 1.00 on the roofline, 1.02 on the serial bound " \
-                   "and 1.54 in the engine."  # fmt: skip
-    assert _serial_verdict(1.54, float("nan"), 1.0, 1.0, "≈", 0.05, "x") == ""  # no serial bound stored
+def test_execution_finding_is_one_sentence_where_the_models_differ():
+    # recompute/absorb: a tie on the overlapped roofline (1.00), 1.50 with the steps in turn
+    said = execution_finding("T_rc/T_abs", 1.00, 1.50)
+    assert said == ("Execution model: T_rc/T_abs is 1.50 with the steps run in turn against 1.00 on the overlapped "
+                    "roofline, which no step-by-step device attains.")  # fmt: skip
+    assert execution_finding("T_rc/T_abs", 1.00, 1.04) == ""  # within 5 %: the models agree
+    assert execution_finding("x", 1.0, float("nan")) == ""  # no serial roofline stored

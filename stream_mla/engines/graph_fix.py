@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-COPY_TAG = "__for_"
+from stream_mla.workloads.graph import COPY_TAG
+
 # The ops Stream folds into their readers (stream/parser/onnx/layout.py: LAYOUT_OPS)
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 

@@ -17,11 +17,13 @@ under engines/ is in every engine row's code digest (sweeps/points.py ENGINE_COD
 """
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Protocol
+
+import onnx
 
 from stream_mla import __version__
 from stream_mla.engines.hardware import Hardware
@@ -29,9 +31,11 @@ from stream_mla.engines.result import AUTO_STRATEGIES, ENERGY_COMPONENTS, STREAM
 from stream_mla.errors import SpecError
 from stream_mla.platforms import PlatformSpec
 from stream_mla.workloads import WorkloadSpec, build
-from stream_mla.workloads.counts import count, count_file, roofline
+from stream_mla.workloads.counts import count, roofline
+from stream_mla.workloads.steps import serial_roofline_s
 
 DEFAULT_TIMEOUT_S = 900.0
+SERIAL = "serial"  # the analytic engine's serial roofline (attention-schemes.md §8.0): `analytic:serial`
 
 
 class Engine(Protocol):
@@ -93,12 +97,13 @@ def bound_platform(platform: PlatformSpec | Hardware) -> PlatformSpec | Hardware
 
 def finish(engine: str, platform: PlatformSpec | Hardware, workload: str, counts: dict, *, latency_cycles: float,
            energy_pj: Mapping[str, float], engine_dram_bytes: float, strategy: str, wall_s: float,
-           nodes: Iterable[NodeResult] = (), warnings: Iterable[str] = (),
-           latency_s: float | None = None) -> Result:  # fmt: skip
+           nodes: Iterable[NodeResult] = (), warnings: Iterable[str] = (), latency_s: float | None = None,
+           graph: onnx.ModelProto | Path | None = None) -> Result:  # fmt: skip
     """The Result of one run: the engine's numbers next to the analytic ones of `counts` (MACs, DRAM bytes, the
-    roofline at the bound platform's peak and its one DRAM bandwidth, the bound), the energy breakdown in
-    ENERGY_COMPONENTS order (static: the platform's static power over the latency, unless given), the engine's
-    version from the registry. `latency_s`: the exact time of an engine that computes seconds (the roofline)."""
+    roofline at the bound platform's peak and its one DRAM bandwidth, the bound), the serial roofline of `graph`
+    (the workload's, §8.0), the energy breakdown in ENERGY_COMPONENTS order (static: the platform's static power
+    over the latency, unless given), the engine's version from the registry. `latency_s`: the exact time of an
+    engine that computes seconds (the roofline)."""
     p = bound_platform(platform)
     unknown = set(energy_pj) - set(ENERGY_COMPONENTS)
     missing = set(ENERGY_COMPONENTS) - set(energy_pj) - {"static"}
@@ -111,7 +116,9 @@ def finish(engine: str, platform: PlatformSpec | Hardware, workload: str, counts
                   clock_ghz=p.clock_ghz, latency_cycles=float(latency_cycles), energy_breakdown_pj=breakdown,
                   macs=counts["macs"], dram_bytes=counts["bytes"]["total"], engine_dram_bytes=engine_dram_bytes,
                   roofline_bound_s=roof.bound_s, bound=roof.bound, strategy=strategy, engine_wall_s=wall_s,
-                  nodes=list(nodes), warnings=list(warnings))  # fmt: skip
+                  nodes=list(nodes), warnings=list(warnings),
+                  serial_bound_s=0.0 if graph is None else serial_roofline_s(graph, 2 * p.peak_mac_per_s,
+                                                                              p.dram_bytes_per_s))  # fmt: skip
     return Result(**fields) if latency_s is None else RooflineResult(**fields, exact_latency_s=latency_s)
 
 
@@ -125,7 +132,7 @@ class AnalyticEngine:
     package: str | None = None
     runs_in_process: bool = False
     batched: bool = True  # sweeps/fast.py computes exactly these rows, for whole grids at once (tested equal)
-    strategies: tuple[str, ...] = ()
+    strategies: tuple[str, ...] = (SERIAL,)
     measured: bool = False
 
     def version(self) -> str:
@@ -134,22 +141,27 @@ class AnalyticEngine:
     def evaluate(self, spec: WorkloadSpec | Path, platform: PlatformSpec | Hardware, *, counts: dict | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, workdir: Path | None = None,
                  strategy: str = "auto") -> Result:  # fmt: skip
-        del timeout_s, workdir, strategy  # instant, writes nothing, one strategy (the roofline)
+        del timeout_s, workdir  # instant, writes nothing: the roofline, or with SERIAL the serial roofline (§8.0)
         p = bound_platform(platform)
         if not isinstance(p, PlatformSpec):
             raise SpecError(
                 f"--engine {self.name} needs a platform spec (--platform), not a raw Stream --hardware YAML"
             )
+        graph = build(spec) if isinstance(spec, WorkloadSpec) else onnx.load(str(spec), load_external_data=False)
         if counts is None:
-            counts = count(build(spec)) if isinstance(spec, WorkloadSpec) else count_file(spec)
+            counts = count(graph)
         r = roofline(counts, p.peak_mac_per_s, p.dram_bytes_per_s)
         mac_pj = counts["macs"] * p.mac_pj
         dram_pj = counts["bytes"]["total"] * 8 * p.dram_pj_per_bit
         energy = {"mac": mac_pj, "onchip_memory": 0.0, "dram": dram_pj, "onchip_transfer": 0.0, "static": 0.0}
-        return finish(self.name, p, spec.slug if isinstance(spec, WorkloadSpec) else Path(spec).stem, counts,
-                      latency_cycles=r.bound_s * p.clock_ghz * 1e9, energy_pj=energy,
-                      engine_dram_bytes=float(counts["bytes"]["total"]), strategy="roofline", wall_s=0.0,
-                      latency_s=r.bound_s)  # fmt: skip
+        result = finish(self.name, p, spec.slug if isinstance(spec, WorkloadSpec) else Path(spec).stem, counts,
+                        latency_cycles=r.bound_s * p.clock_ghz * 1e9, energy_pj=energy,
+                        engine_dram_bytes=float(counts["bytes"]["total"]), strategy="roofline", wall_s=0.0,
+                        latency_s=r.bound_s, graph=graph if strategy == SERIAL else None)  # fmt: skip
+        if strategy != SERIAL:
+            return result
+        t = result.serial_bound_s
+        return replace(result, strategy=SERIAL, latency_cycles=t * p.clock_ghz * 1e9, exact_latency_s=t)
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,13 @@ def sweep_names() -> tuple[str, ...]:
 def packages() -> dict[str, str]:
     """engine name -> the distribution it comes from, for the engines that come from one."""
     return {e.name: e.package for e in _REGISTRY.values() if e.package is not None}
+
+
+def batched(name: str) -> bool:
+    """Whether a sweep computes the rows of an engine or sweep name in batches (the analytic roofline, not its
+    serial strategy, whose steps the count polynomials do not hold)."""
+    engine, strategy = parse(name)
+    return engine.batched and strategy == "auto"
 
 
 def check_strategy(engine: Engine, strategy: str) -> str:

@@ -66,6 +66,13 @@ class Result:
     # what each strategy the run tried gave: name -> {status: ok | infeasible | below physics | error | skipped, and
     # for a run that gave a number latency_cycles, roofline_ratio, engine_dram_bytes, dram_ratio; wall_s; note}
     strategies: dict[str, dict] = field(default_factory=dict)
+    # what the graph the engine ran adds to `macs` and `dram_bytes` beyond the workload's: a split-KV graph whose
+    # chunks do not divide the keys reads and computes its last chunk's padded slots (masked, as a paged kernel does)
+    pad_macs: int = 0
+    pad_bytes: int = 0
+    # the serial roofline (attention-schemes.md §8.0): the workload's steps one after another, each at its own
+    # roofline; how an engine that runs step by step is judged (0.0: not computed)
+    serial_bound_s: float = 0.0
 
     @property
     def latency_s(self) -> float:
@@ -80,4 +87,5 @@ class Result:
         d["latency_s"] = self.latency_s
         d["energy_pj"] = self.energy_pj
         d["roofline_ratio"] = self.latency_s / self.roofline_bound_s if self.roofline_bound_s else None
+        d["serial_ratio"] = self.latency_s / self.serial_bound_s if self.serial_bound_s else None
         return d

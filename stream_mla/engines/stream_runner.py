@@ -46,7 +46,7 @@ from stream_mla.engines.cost_cache import register_stream_backend
 from stream_mla.engines.graph_fix import COPY_TAG, shared_inputs, split_shared_inputs, squeeze_unit_axes
 from stream_mla.engines.group_memo import MEMO_TOKEN, CoreEnergy, core_energy_of, memo_groups, memo_token
 from stream_mla.engines.hardware import Hardware
-from stream_mla.engines.registry import finish
+from stream_mla.engines.registry import bound_platform, finish
 from stream_mla.engines.result import AUTO_STRATEGIES, EngineError, NodeResult, Result
 from stream_mla.engines.stream_families import TRAFFIC_TIE_BREAK
 from stream_mla.engines.stream_guard import BELOW_PHYSICS, EngineBelowPhysics, coverage_of, coverage_probe, violations
@@ -61,7 +61,7 @@ from stream_mla.engines.stream_mapping import (
     write_fixed_mapping,
     write_fused_attention_mapping,
 )
-from stream_mla.workloads.counts import count_file, metadata
+from stream_mla.workloads.counts import count_file, metadata, roofline
 from stream_mla.workloads.steps import FUSED_ATTENTION, MAPPED_STRATEGIES
 
 SOFTMAX_PARTS = ("_max", "_exp", "_sum", "_div")
@@ -246,7 +246,7 @@ def split_kv_graphs(onnx_path: Path, hw: Hardware, workdir: Path,
     matrix = cores_for("MatMul", compute_cores(hw.stream))
     platform = hw.platform or Cores(len(matrix), min(c.memory_bytes for c in matrix))
     first = default_chunks(spec, platform)
-    for chunks in dict.fromkeys(c for c in (k * first for k in factors) if spec.keys % c == 0):
+    for chunks in dict.fromkeys(c for c in (k * first for k in factors) if c <= spec.keys):
         if chunks == 1:
             yield onnx_path, 1
             continue
@@ -295,7 +295,9 @@ def run_fused(hw: Hardware, hw_yaml: Path, onnx_path: Path, workdir: Path, out: 
                                 f"fold ({exc})")  # fmt: skip
             failure = first_refusal(failure, fold)
             continue
-        return est, count_file(split), f"kv_chunks {chunks}", plan  # its nodes; MACs and bytes: the given's
+        counts = count_file(split)  # its nodes; MACs and bytes: the given's plus any padding (`with_padding`)
+        pad = f", {counts['pad_keys']} padded key slots" if counts["pad_keys"] else ""
+        return est, counts, f"kv_chunks {chunks}{pad}", plan
     raise failure
 
 
@@ -440,6 +442,7 @@ def evaluate_stream(
                 records[strategy] = strategy_record(result, "below physics", wall, why, plan)
                 below = (result, tuple(found))
                 continue
+            result = with_padding(result, counts, hw)
             records[strategy] = strategy_record(result, "ok", wall, note, plan)
             valid.append(result)
     finally:
@@ -451,6 +454,19 @@ def evaluate_stream(
     if below is not None:
         raise EngineBelowPhysics(below_message(hw, onnx_path, failures), *below)
     raise InfeasibleError(infeasible_message(hw, onnx_path, failures))
+
+
+def with_padding(result: Result, counts: dict, hw: Hardware) -> Result:
+    """A result priced against the workload's own counts (`counts`, the graph as given): where the graph Stream ran
+    read padded key slots (a split-KV graph whose chunks do not divide the keys), its MACs and bytes beyond the
+    workload's are `pad_macs` and `pad_bytes`, and the roofline is the workload's."""
+    pad_macs, pad_bytes = result.macs - counts["macs"], result.dram_bytes - counts["bytes"]["total"]
+    if not pad_macs and not pad_bytes:
+        return result
+    p = bound_platform(hw)
+    roof = roofline(counts, p.peak_mac_per_s, p.dram_bytes_per_s)
+    return replace(result, macs=counts["macs"], dram_bytes=counts["bytes"]["total"], roofline_bound_s=roof.bound_s,
+                   bound=roof.bound, pad_macs=pad_macs, pad_bytes=pad_bytes)  # fmt: skip
 
 
 def below_message(hw: Hardware, onnx_path: Path, failures: list[str]) -> str:
@@ -527,4 +543,4 @@ def collect(est, hw: Hardware, onnx_path: Path, counts: dict, strategy: str, wal
         warnings.append(f"DRAM energy {energy['dram']:.4g} pJ exceeds Stream's transfer energy: check dram pJ/bit")
     return finish("stream", hw, onnx_path.stem, counts, latency_cycles=est.cycles, energy_pj=energy,
                   engine_dram_bytes=dram_bits / 8, strategy=strategy, wall_s=wall, nodes=rows,
-                  warnings=warnings)  # fmt: skip
+                  warnings=warnings, graph=onnx_path)  # fmt: skip

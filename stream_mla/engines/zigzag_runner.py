@@ -235,4 +235,4 @@ def evaluate_zigzag(
         warnings.append(f"ZigZag costed {costed:,} MACs but the graph has {counts['macs']:,}")
     return finish("zigzag", platform, onnx_path.stem, counts, latency_cycles=latency, energy_pj=energy,
                   engine_dram_bytes=engine_dram, strategy=f"zigzag-loma-lpf{lpf_limit}-{opt}",
-                  wall_s=time.perf_counter() - start, nodes=nodes, warnings=warnings)  # fmt: skip
+                  wall_s=time.perf_counter() - start, nodes=nodes, warnings=warnings, graph=onnx_path)  # fmt: skip

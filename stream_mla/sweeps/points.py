@@ -30,9 +30,12 @@ ENGINES = registry.sweep_names()
 Engine = Literal[ENGINES]
 ENGINE_PACKAGES = registry.packages()
 
-# An engine row's own diagnostics (`engine_diagnostics`, the serial bound); None on an analytic row.
+# An engine row's own diagnostics (`engine_diagnostics`, its strategy's serial bound `serial_s`), the serial roofline
+# of §8.0 and the latency over it, and what a padded split-KV graph added (`Result.pad_macs`, `pad_bytes`); None on
+# an analytic roofline row (analytic:serial rows carry the serial roofline).
 DIAGNOSTICS = ("serial_s", "hotspot", "hotspot_cycle_share", "hotspot_mac_util", "excess_step", "excess_bytes",
-               "lag_step", "lag_ratio", "lag_share")  # fmt: skip
+               "lag_step", "lag_ratio", "lag_share", "serial_bound_s", "serial_ratio", "pad_macs",
+               "pad_bytes")  # fmt: skip
 # Content digests of the platform (unscaled) and model specs a row was costed on: the store keeps one version per name
 DIGESTS = ("platform_digest", "model_digest")
 ROW_COLUMNS = (
@@ -198,6 +201,9 @@ def run_point(point: SweepPoint, timeout_s: float = 900.0, workdir: Path | None 
                 "engine_dram_bytes": res.engine_dram_bytes, "engine_wall_s": res.engine_wall_s,
                 "warnings": json.dumps(res.warnings),
                 "strategies": json.dumps(res.strategies, sort_keys=True)})  # fmt: skip
+    if res.serial_bound_s:
+        row.update(serial_bound_s=res.serial_bound_s, serial_ratio=res.latency_s / res.serial_bound_s,
+                   pad_macs=res.pad_macs, pad_bytes=res.pad_bytes)  # fmt: skip
     if res.nodes:  # an engine's own steps: where it departs from the roofline
         row.update(engine_diagnostics(res, counts, p))
         row["serial_s"] = serial_bound_s(graph, res.strategy, p.peak_flop_per_s, p.dram_bytes_per_s)

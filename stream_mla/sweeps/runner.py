@@ -294,7 +294,7 @@ def run_sweep(
                 if mine:
                     show.waiting = 0
                     batch = [(k, todo.pop(k)) for k in list(todo) if k in mine]
-                    fast = {k: p for k, p in batch if registry.get(p.engine).batched}
+                    fast = {k: p for k, p in batch if registry.batched(p.engine)}
                     batch = _order([(k, p) for k, p in batch if k not in fast])
                     _run_analytic(fast, store, stats, show)
                     if fast and batch:

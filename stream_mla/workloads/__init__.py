@@ -37,8 +37,10 @@ class WorkloadSpec(BaseModel):
     queries: PositiveInt = 1  # decode: new tokens per sequence and step (s_q; MTP, speculative verification)
     part: Part = "layer"  # layer: X to the output projection; core: the attention kernel alone
     window: PositiveInt | None = None  # sliding-window attention span W; None: the model's (HF sliding_window)
-    # split-KV decode (flash-decoding): the T cache entries read in C chunks, each with its own softmax statistics,
-    # then combined (workloads/split_kv.py); None or 1: the plain graph. Same MACs and DRAM bytes as the plain one.
+    # split-KV decode (flash-decoding): the T cache entries read in C chunks of ceil(T/C), each with its own softmax
+    # statistics, then combined (workloads/split_kv.py); None or 1: the plain graph. Where C does not divide T, the
+    # last chunk's empty slots are read and masked as a paged kernel does (`pad_keys`); otherwise the plain graph's
+    # MACs and DRAM bytes.
     kv_chunks: PositiveInt | None = None
     kv_heads: PositiveInt | None = None  # gqa only: override the model's K/V heads
     # Precision per tensor class; None follows `precision`, which itself defaults to the model's (its torch_dtype).
@@ -73,9 +75,9 @@ class WorkloadSpec(BaseModel):
                              f"(--context {self.context})")  # fmt: skip
         if self.chunks > 1 and self.phase != "decode":
             raise ValueError(f"--kv-chunks: {self.kv_chunks} applies to decode only (split-KV reads a cache)")
-        if self.chunks > 1 and self.keys % self.chunks:
-            raise ValueError(f"--kv-chunks: {self.kv_chunks} must divide the {self.keys} cache entries a step reads "
-                             f"(allowed: divisors of {self.keys} up to {self.keys})")  # fmt: skip
+        if self.chunks > self.keys:
+            raise ValueError(f"--kv-chunks: {self.kv_chunks} chunks exceed the {self.keys} cache entries a step reads "
+                             f"(allowed: 1 to {self.keys})")  # fmt: skip
         return self
 
     @property
@@ -98,6 +100,16 @@ class WorkloadSpec(BaseModel):
         S tokens of prefill."""
         w = self.attention_window
         return min(self.context, w + self.queries - 1) if w and self.phase == "decode" else self.context
+
+    @property
+    def graph_keys(self) -> int:
+        """The keys the graph reads: T, or with C split-KV chunks C * ceil(T / C) (the last chunk padded)."""
+        return self.chunks * -(-self.keys // self.chunks)
+
+    @property
+    def pad_keys(self) -> int:
+        """Padded cache slots per sequence and K/V head: read and masked, never attended."""
+        return self.graph_keys - self.keys
 
     @property
     def precisions(self) -> dict[str, str]:
@@ -165,8 +177,9 @@ def build(spec: WorkloadSpec, seed: int | None = None, batch_apart: bool = False
         got = "/".join(dict.fromkeys(spec.precisions.values()))
         raise SpecError(f"--precision: random weights are computed in fp32 (got {got}; allowed: fp32)")
     b = GraphBuilder(spec.precisions, graph_factors(m, seed) if seed is not None else None)
-    shape = schemes.Shape(batch=spec.batch, queries=spec.query_tokens, keys=spec.keys, decode=spec.phase == "decode",
-                          chunks=spec.chunks, batch_apart=batch_apart)  # fmt: skip
+    shape = schemes.Shape(batch=spec.batch, queries=spec.query_tokens, keys=spec.graph_keys,
+                          decode=spec.phase == "decode", chunks=spec.chunks, batch_apart=batch_apart,
+                          pad=spec.pad_keys)  # fmt: skip
     if spec.part == "core":
         y = spec.scheme_record.core(b, m, shape)
     else:
@@ -180,10 +193,12 @@ def build(spec: WorkloadSpec, seed: int | None = None, batch_apart: bool = False
         "bytes_per_element": BYTES_PER_ELEMENT[spec.compute_precision],  # the widest operand: footprints
         "phase": spec.phase,
         # what the dense attention block stands for: Sq queries at the end of `context` tokens, over `keys`
-        # graph keys, each seeing at most `window` of them (causal) -> the counter's exact query-key pairs
+        # graph keys (`pad` of them masked padding), each seeing at most `window` of them (causal) -> the counter's
+        # exact query-key pairs
         "attention": {
             "queries": shape.queries,
             "keys": shape.keys,
+            "pad": spec.pad_keys,
             "context": spec.context,
             "window": spec.attention_window,
         },

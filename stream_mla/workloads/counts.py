@@ -26,6 +26,7 @@ from onnx.helper import tensor_dtype_to_np_dtype
 
 from stream_mla.models import BYTES_PER_ELEMENT
 from stream_mla.workloads.graph import META_PREFIX
+from stream_mla.workloads.split_kv import MASK
 
 LAYOUT_OPS = ("Reshape", "Transpose")  # views: the engines move no data for them
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8)
@@ -97,7 +98,7 @@ def count(model: onnx.ModelProto) -> dict:
     g = model.graph
     shapes, types = _shapes_and_types(g)
     width = {name: tensor_dtype_to_np_dtype(t).itemsize for name, t in types.items()}  # bytes per element
-    weights = {t.name for t in g.initializer if len(t.dims) >= 2}
+    weights = {t.name for t in g.initializer if len(t.dims) >= 2 and t.name != MASK}
     act_inputs = meta.get("activation_inputs", ["x"])
     caches = [i.name for i in g.input if i.name not in act_inputs]
     causal = set(meta.get("causal_nodes", []))
@@ -108,7 +109,7 @@ def count(model: onnx.ModelProto) -> dict:
     )
 
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
-    nbytes = {name: n * width[name] for name, n in numel.items()}
+    nbytes = {name: n * width[name] for name, n in numel.items() if name != MASK}
     kv_width = BYTES_PER_ELEMENT[meta["precision"]["kv_cache"]] if "precision" in meta else width["x"]
     nodes, macs, macs_causal = [], 0, 0
     summed = summed_products(g)
@@ -157,6 +158,7 @@ def count(model: onnx.ModelProto) -> dict:
         "bytes": byte_counts,
         "operational_intensity": 2 * macs / byte_counts["total"],
         "bytes_layer_by_layer": sum(n["io_bytes"] for n in nodes),
+        "pad_keys": (att or {}).get("pad", 0),  # split-KV padding: masked key slots per sequence and K/V head
         "nodes": nodes,
     }
 
@@ -174,7 +176,8 @@ def step_counts(model: onnx.ModelProto, step_of: dict[str, str]) -> dict[str, tu
     for n in g.node:  # graph order is topological: a view's input is resolved before the view
         if n.op_type in LAYOUT_OPS:
             source[n.output[0]] = source.get(n.input[0], n.input[0])
-    constants = {t.name for t in g.initializer if len(t.dims) < 2}  # shapes, axes, scalars: attributes, not data
+    # shapes, axes, scalars and a padding mask: attributes, not data
+    constants = {t.name for t in g.initializer if len(t.dims) < 2 or t.name == MASK}
     nbytes = {t: math.prod(shapes[t]) * tensor_dtype_to_np_dtype(types[t]).itemsize for t in shapes
               if t not in constants}  # fmt: skip
     steps: dict[str, dict] = {}

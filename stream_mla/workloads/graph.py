@@ -30,6 +30,7 @@ ACCUMULATOR_BITS = 32
 TENSOR_CLASSES = ("weights", "kv_cache", "activations")
 LAYOUT_OPS = ("Reshape", "Transpose")  # free in both engines: folded into the consumer
 META_PREFIX = "stream_mla."
+COPY_TAG = "__for_"  # a shared input's copy for one reader, "<input>__for_<reader>" (engines/graph_fix.py)
 
 
 def broadcast_matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ class Shape:
     keys: int  # T: the cache entries read for decode (L, or the window's share of it), S for prefill
     decode: bool
     chunks: int = 1  # split-KV decode: the cache read in C chunks of T/C keys, then combined (split_kv.py)
+    pad: int = 0  # split-KV decode: the last of the T keys that are padding (masked), so that C divides T
     batch_apart: bool = False  # split-KV: B and the K/V heads as separate axes (rank-5 products, for Stream)
 
 
@@ -84,7 +85,7 @@ def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, c
     result and MACs), whose keys and values may also come pre-chunked as [B, G', C, T/C, d]. `split`: the layer's
     Shape, whose chunks (and batch_apart) choose that form; None or one chunk: the plain form."""
     if split is not None and split.chunks > 1:
-        return split_kv.attention(b, terms, values, causal, split.chunks, split.batch_apart)
+        return split_kv.attention(b, terms, values, causal, split.chunks, split.batch_apart, split.pad)
     scores = []
     for name, q, k in terms:
         kt = b.transpose(f"{name}_kt", k, (0, 1, 3, 2))

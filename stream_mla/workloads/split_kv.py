@@ -23,6 +23,8 @@ the suffixes of Stream's own Softmax pieces.
 
 import math
 
+import numpy as np
+
 from stream_mla.models import BYTES_PER_ELEMENT
 from stream_mla.workloads.graph import GraphBuilder
 
@@ -31,11 +33,8 @@ CHUNK_NODES = ("chunk_m", "chunk_shift", "chunk_p", "chunk_l", "ctx")
 COMBINE_NODES = ("combine_m", "combine_shift", "combine_a", "combine_oa", "combine_o", "combine_la", "combine_l",
                  "combine")  # fmt: skip
 PARTIAL_NODES = ("ctx", "chunk_m", "chunk_l")  # what each chunk hands the combine: o_c, m_c, l_c
-
-
-def divisors(n: int) -> list[int]:
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted({*small, *(n // d for d in small)})
+MASK = "kv_pad_mask"  # the padded slots' mask: an index comparison in a kernel, no DRAM traffic
+MASK_VALUE = -1e30  # finite, so a chunk of padding alone gives no NaN (its combine weight underflows to 0)
 
 
 def chunk_heads(b: GraphBuilder, name: str, x: str, heads: int) -> str:
@@ -97,11 +96,23 @@ def _regroup(b: GraphBuilder, name: str, s: str, batch: int, groups: int, target
     return b.reshape(name, t, target)
 
 
+def pad_mask(b: GraphBuilder, scores: str, pad: int) -> str:
+    """The scores with the last `pad` key slots masked: a paged kernel's last block, read whole and masked. A masked
+    slot's score is MASK_VALUE, so its weight underflows to 0, in a chunk with real keys and (through the combine's
+    exp(m_c - m)) in a chunk of padding alone. The mask is a constant of the scores' trailing (C, 1, Tc) shape, a
+    kernel's index comparison: the counts leave it out of the DRAM bytes."""
+    *_, c, _, tc = b.shapes[scores]
+    mask = np.zeros(c * tc, dtype=np.float32)
+    mask[c * tc - pad :] = MASK_VALUE
+    return b.add("chunk_mask", scores, b.constant(MASK, mask.reshape(c, 1, tc), np.float32))
+
+
 def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, causal: bool, chunks: int,
-              apart: bool = False) -> str:  # fmt: skip
+              apart: bool = False, pad: int = 0) -> str:  # fmt: skip
     """schemes.attention with the keys split into `chunks`: softmax(sum_i q_i k_i^T) @ values, returned as the plain
     graph's [B, G, g*Sq, d_v]. Terms are (score node name, q [B, G', r, d], k [B, G', T, d] or pre-chunked
-    [B, G', C, Tc, d]); values likewise. apart: B and G as separate axes (see the module's layout note)."""
+    [B, G', C, Tc, d]); values likewise. apart: B and G as separate axes (see the module's layout note). pad: the
+    last keys are padding slots (`pad_mask`)."""
     batch = b.shapes[terms[0][1]][0]
     scores = []
     for name, q, k in terms:
@@ -112,6 +123,8 @@ def attention(b: GraphBuilder, terms: list[tuple[str, str, str]], values: str, c
     total = scores[0]
     for i, s in enumerate(scores[1:], 1):
         total = b.add("scores_add" if i == 1 else f"scores_add{i}", total, s)
+    if pad:
+        total = pad_mask(b, total, pad)
     # per chunk: its own max, unnormalised probabilities, their sum and the unnormalised context
     m_c = _reduce(b, "ReduceMax", "chunk_m", total, -1)  # [B*G, C, r, 1]
     p = b.node("Exp", [b.node("Sub", [total, m_c], "chunk_shift", b.shapes[total])], "chunk_p", b.shapes[total])
@@ -156,16 +169,18 @@ def attention_widths(spec) -> dict[str, int]:
 
 
 def default_chunks(spec, platform) -> int:
-    """C for a decode spec on a platform: at least one chunk per matrix core, each chunk's working set
-    (`working_set_bytes`) within half a core's SRAM (the other half double-buffers). The smallest such divisor of
-    T = spec.keys, preferring multiples of the core count (every core gets as many chunks); 1 for prefill."""
+    """C for a decode spec on a platform: a multiple of the core count (every core gets as many chunks), at most T,
+    whose chunk of ceil(T/C) keys has its working set (`working_set_bytes`) within half a core's SRAM (the other
+    half double-buffers). The fewest such chunks F, or the fewest that divide T if they are below 2F (no padding at
+    the cost of smaller chunks); T itself if none fits. Otherwise C need not divide T: the last chunk is padded
+    (`WorkloadSpec.pad_keys`, fewer than C slots). 1 for prefill."""
     if spec.phase != "decode":
         return 1
     keys, cores, budget = spec.keys, platform.cores, platform.sram_bytes // 2
-    options = divisors(keys)
-    fits = [c for c in options if c >= min(cores, keys) and working_set_bytes(spec, keys // c) <= budget]
-    even = [c for c in fits if c % cores == 0]
-    return (even or fits or [keys])[0]
+    step = min(cores, keys)
+    fits = (c for c in range(step, keys + 1, step) if working_set_bytes(spec, -(-keys // c)) <= budget)
+    first = next(fits, keys)
+    return next((c for c in range(first, min(2 * first, keys + 1), step) if keys % c == 0), first)
 
 
 def partial_elements(model) -> int:

@@ -13,13 +13,14 @@ granted. A reference, not a proven floor: an engine may keep a tensor on-chip be
 Graph-only (onnx): the Stream mapping (`engines/stream_mapping.py`) builds its groups from the same functions.
 """
 
+import math
 from pathlib import Path
 
 import onnx
 import yaml
 
-from stream_mla.engines.graph_fix import COPY_TAG
 from stream_mla.workloads.counts import step_counts
+from stream_mla.workloads.graph import COPY_TAG
 
 Graph = onnx.ModelProto | str | Path
 FUSED_ATTENTION = "fused-attention"
@@ -157,6 +158,55 @@ def steps(graph: Graph, strategy: str) -> dict[str, str]:
     if strategy in MAPPED_STRATEGIES:
         step_of.update({n: product for product, reader in weight_products(model) for n in (product, reader)})
     return step_of
+
+
+def reference_steps(graph: Graph) -> dict[str, str]:
+    """{node name: its step} of the serial roofline (attention-schemes.md §8.0): what a kernel or a fused group runs.
+    The attention core is one step and each product of weights shares one with its reader (as under
+    fused-attention); every other matrix product is a step; every other compute node (a norm, RoPE, a cast, a
+    split-KV combine, the cache write's sink) rides along with the step of the first node whose output it reads,
+    or, reading only graph inputs, with the step of its first reader."""
+    model = _load(graph)
+    nodes, readers, producer = _graph_nodes(model)
+    step_of = steps(model, FUSED_ATTENTION)
+
+    def root(tensor: str):  # the compute node a chain of views starts from
+        while tensor in producer and producer[tensor].op_type in LAYOUT_OPS:
+            tensor = producer[tensor].input[0]
+        return producer.get(tensor)
+
+    loose = []
+    for n in nodes:
+        if n.op_type in LAYOUT_OPS or n.op_type == "MatMul" or n.name in step_of:
+            continue
+        source = next((m for t in n.input if (m := root(t)) is not None), None)
+        if source is None:
+            loose.append(n)
+        else:
+            step_of[n.name] = step_of.get(source.name, source.name)
+    for n in reversed(loose):
+        first = next((r for r in _through_views(n.output[0], readers)), None)
+        if first is not None:
+            step_of[n.name] = step_of.get(first.name, first.name)
+    return step_of
+
+
+def serial_roofline_s(graph: Graph, peak_flop_per_s: float, dram_bytes_per_s: float) -> float:
+    """The serial roofline (§8.0): the `reference_steps` one after another, each at its own roofline on its MACs and
+    the bytes it moves: its weights, the cache it reads, what it exchanges with other steps, the layer's input and
+    output, and the cache entries it writes."""
+    model = _load(graph)
+    step_of = reference_steps(model)
+    per_step = {k: list(v) for k, v in step_counts(model, step_of).items()}
+    _, _, producer = _graph_nodes(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    written = yaml.safe_load(meta.get("stream_mla.kv_write", "[]")) or []
+    widths = {"bf16": 2, "fp32": 4, "int8": 1, "fp8": 1}
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.value_info}
+    for tensor, copies, *precision in written:
+        node = producer[tensor].name
+        per_step[step_of.get(node, node)][1] += math.prod(shapes[tensor]) * copies * widths[precision[0]]
+    return sum(max(2 * macs / peak_flop_per_s, nbytes / dram_bytes_per_s) for macs, nbytes in per_step.values())
 
 
 def serial_bound_s(graph: Graph, strategy: str, peak_flop_per_s: float, dram_bytes_per_s: float) -> float:
