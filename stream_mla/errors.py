@@ -59,14 +59,26 @@ def first_error(exc: pydantic.ValidationError, prefix: str = "", as_flags: bool 
 
 def reject_bools(cls, data: object) -> object:
     """A pydantic before-validator for records without boolean fields: a boolean where a number or a name is
-    meant is an error (YAML reads `yes`, `on` and `true` as booleans, and pydantic would take them as 1)."""
+    meant, alone or in a list or mapping, is an error (YAML reads `yes`, `on` and `true` as booleans, and pydantic
+    would take them as 1)."""
     if isinstance(data, dict):
         for key, value in data.items():
-            inner = value.values() if isinstance(value, dict) else (value,)
+            inner = value.values() if isinstance(value, dict) else value if isinstance(value, list) else (value,)
             if any(isinstance(v, bool) for v in inner):
                 name = str(key)[:EXCERPT_CHARS]
                 raise ValueError(f"{name}: a number or a name, not a boolean (got {excerpt(value)})")
     return data
+
+
+def each_once(values: list | None) -> list | None:
+    """A pydantic after-validator for the values of an axis: a value listed twice is an error (it would be run,
+    counted or drawn twice, or dropped without a word)."""
+    seen: list = []
+    for value in values or ():
+        if value in seen:
+            raise ValueError(f"{excerpt(value)} is listed twice; list each value once")
+        seen.append(value)
+    return values
 
 
 class StrictLoader(yaml.SafeLoader):

@@ -72,7 +72,17 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 from onnx.helper import tensor_dtype_to_np_dtype
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from stream_mla.errors import EXCERPT_CHARS, SpecError, excerpt, first_error, one_line, read_document, short_path
+from stream_mla.errors import (
+    EXCERPT_CHARS,
+    SpecError,
+    each_once,
+    excerpt,
+    first_error,
+    one_line,
+    read_document,
+    reject_bools,  # fmt: skip
+    short_path,
+)
 from stream_mla.figures import EXACT, TIE_HATCH, _figure, _save, ridge_regions, short, small_multiple
 from stream_mla.models import Batch, Precision, Tokens, resolve_name_or_path
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
@@ -108,6 +118,9 @@ class Range(BaseModel):
             raise ValueError(f"to ({self.to:g}) must not be below from ({self.start:g})")
         if self.points == 1 and self.to != self.start:
             raise ValueError("points: 1 needs from == to (or give a list)")
+        if self.points > 1 and self.to == self.start:
+            raise ValueError(f"points: {self.points} values from {self.start:g} to {self.to:g} are one value, listed "
+                             f"{self.points} times; give points: 1 or a wider range")  # fmt: skip
         return self
 
     def values(self) -> np.ndarray:
@@ -150,10 +163,17 @@ class PlatformAxes(BaseModel):
     static_w_per_core: float | None = Field(None, ge=0, le=1e5)
     static_w_per_mb: float = Field(0.0, ge=0, le=1e3)
 
+    _no_bools = model_validator(mode="before")(reject_bools)  # `cores: [true]` is not one core
+
     @field_validator(*AXES, mode="before")
     @classmethod
     def _scalar(cls, value: Any) -> Any:
         return _as_list(value)
+
+    @field_validator(*AXES)
+    @classmethod
+    def _each_once(cls, value: Any) -> Any:
+        return each_once(value) if isinstance(value, list) else value
 
     @field_validator("cores")
     @classmethod
@@ -179,10 +199,20 @@ class ExploreSpec(BaseModel):
     tie: float = Field(0.05, ge=0, lt=1)
     max_csv_points: int = Field(100_000, ge=0, le=10**7)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools(cls, data: Any) -> Any:
+        """`batch: [true]` is not batch 1 (platform and pairs check their own values)."""
+        if isinstance(data, dict):
+            reject_bools(cls, {k: v for k, v in data.items() if not isinstance(v, dict)})
+        return data
+
     @field_validator("batch", "contexts", "precision", mode="before")
     @classmethod
     def _one(cls, value: Any) -> Any:
         return [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+
+    _each_once = field_validator("models", "schemes", "batch", "contexts", "precision")(each_once)
 
     @model_validator(mode="after")
     def _pairs(self) -> "ExploreSpec":

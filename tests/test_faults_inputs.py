@@ -239,3 +239,60 @@ def test_dram_faster_than_the_sram_ports_is_refused(tmp_path, capsys):
 def test_every_preset_is_physical():
     for preset in PRESETS.values():
         assert PlatformSpec.model_validate(preset.model_dump()) == preset
+
+
+# --- 4. sweep and explore specs typed strictly ---------------------------------------------------------------
+SMALL = {"models": ["deepseek-v2-lite"], "schemes": ["mha", "mla-absorb"], "context": [512], "platforms": ["edge-npu"]}
+
+
+def sweep_line(tmp_path: Path, capsys, **block) -> str:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"sweeps": [{**SMALL, **block}]}))
+    line = one_line(capsys, "sweep", spec, "--db", tmp_path / "r.sqlite", "-q")
+    assert not (tmp_path / "r.sqlite").exists()
+    return line
+
+
+@pytest.mark.parametrize("field", ["batch", "context", "kv_heads", "window", "bw_scale", "queries"])
+def test_a_yaml_boolean_in_a_sweep_axis_is_not_a_number(tmp_path, capsys, field):
+    """`batch: [true]` was batch 1 (pydantic takes a boolean as an integer), exit 0."""
+    line = sweep_line(tmp_path, capsys, **{field: [True]})
+    assert f"{field}: a number or a name, not a boolean" in line
+
+
+def test_a_sweep_spec_error_names_the_specs_field_not_the_flag(tmp_path, capsys):
+    """The workload's own checks speak of CLI flags (`--kv-heads`); in a spec they name its fields."""
+    line = sweep_line(tmp_path, capsys, schemes=["gqa"])
+    assert "kv_heads: scheme gqa on deepseek-v2-lite" in line and "needs kv_heads" in line and "--" not in line
+    line = sweep_line(tmp_path, capsys, context=[1], queries=[2])
+    assert "queries: 2 new tokens need a cache of at least as many entries (context 1)" in line
+
+
+@pytest.mark.parametrize(
+    ("block", "twice"),
+    [({"batch": [1, 1]}, "batch: 1"), ({"bw_scale": [1, 1.0]}, "bw_scale: 1.0"),
+     ({"schemes": ["mla-absorb", "mla-absorb"]}, "schemes: 'mla-absorb'"), ({"engines": ["analytic", "analytic"]},
+     "engines: 'analytic'")],
+)  # fmt: skip
+def test_a_value_listed_twice_in_a_sweep_axis_is_refused(tmp_path, capsys, block, twice):
+    assert f"sweeps.0.{twice} is listed twice" in sweep_line(tmp_path, capsys, **block)
+
+
+EXPLORE = {"platform": {"base": "edge-npu"}, "models": ["deepseek-v2-lite"], "schemes": ["mha", "mla-absorb"],
+           "contexts": [512]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("doc", "expect"),
+    [({"batch": [1, 1]}, "batch: 1 is listed twice"), ({"contexts": [512, 512]}, "contexts: 512 is listed twice"),
+     ({"schemes": ["mha", "mha"]}, "schemes: 'mha' is listed twice"),
+     ({"platform": {"base": "edge-npu", "cores": [2, 2]}}, "platform.cores: 2.0 is listed twice"),
+     ({"platform": {"base": "edge-npu", "dram_gb_s": {"from": 8, "to": 8, "points": 3}}}, "are one value"),
+     ({"batch": [True]}, "batch: a number or a name, not a boolean"),
+     ({"platform": {"base": "edge-npu", "cores": [True]}}, "cores: a number or a name, not a boolean")],
+)  # fmt: skip
+def test_explore_axes_are_typed_and_each_value_once(tmp_path, capsys, doc, expect):
+    spec = tmp_path / "explore.yaml"
+    spec.write_text(yaml.safe_dump({**EXPLORE, **doc}))
+    assert expect in one_line(capsys, "explore", spec, "-o", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -26,15 +26,26 @@ SpecError line naming the field, e.g. `sweeps.0.engines.1: Input should be 'anal
 
 import itertools
 import operator
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from stream_mla.errors import SpecError, first_error, read_document
+from stream_mla.errors import SpecError, each_once, first_error, read_document, reject_bools
 from stream_mla.models import PRESETS as MODEL_PRESETS
 from stream_mla.models import Precision, resolve_name_or_path
 from stream_mla.platforms import PRESETS as PLATFORM_PRESETS
@@ -80,6 +91,11 @@ class Block(BaseModel):
     parts: list[Part] = Field(default=["layer"], min_length=1)
     window: list[PositiveInt | None] = Field(default=[None], min_length=1)  # None: the model's own
     kv_chunks: list[PositiveInt | None] = Field(default=[None], min_length=1)  # decode only; None: the plain graph
+
+    _no_bools = model_validator(mode="before")(reject_bools)  # `batch: [true]` is not batch 1
+    _each_once = field_validator("models", "schemes", "phases", "batch", "context", "platforms", "bw_scale", "engines",
+                                 "kv_heads", "precision", "kv_precision", "act_precision", "queries", "parts",
+                                 "window", "kv_chunks")(each_once)  # fmt: skip
 
     def points(self) -> list[SweepPoint]:
         """The block's product in AXES order (the first axis outermost)."""
@@ -198,7 +214,7 @@ class SweepSpec(BaseModel):
                 if not isinstance(exc, SpecError):
                     raise exc
                 where = f"{pt.model} {pt.scheme} {pt.phase} B={pt.batch} L={pt.context} on {pt.platform}"
-                raise SpecError(f"{source}: sweeps.{i} ({where}): {exc}") from None
+                raise SpecError(f"{source}: sweeps.{i} ({where}): {_as_fields(str(exc))}") from None
         if token is not None:
             _MEMO[token] = (seen, validate or (hit is not None and hit[1]))
             while len(_MEMO) > MEMO_SPECS:
@@ -223,6 +239,13 @@ class SweepSpec(BaseModel):
             )
         except Exception:  # e.g. an engine without a version: no memo, the points say what is wrong
             return None
+
+
+def _as_fields(message: str) -> str:
+    """A point's error as the spec says it: the CLI flags the workload checks name (`--kv-heads`) as the block's
+    fields (`kv_heads`, `parts`)."""
+    fields = {"--" + field.replace("_", "-"): axis for axis, field in AXES}
+    return re.sub(r"(?<![\w-])--[a-z][a-z0-9-]*", lambda m: fields.get(m.group(0), m.group(0)), message)
 
 
 MEMO_SPECS = 4  # specs whose keyed points are kept
