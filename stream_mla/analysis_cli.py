@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stream_mla.errors import SpecError
+from stream_mla.errors import SpecError, short_path
 from stream_mla.sweeps.store import DEFAULT_DB, ResultStore
 
 RESULTS = Path(DEFAULT_DB).parent  # what `make figures` (`reproduce -o results`) writes: store, figures, report
@@ -18,6 +18,7 @@ EXPLORE = str(RESULTS / "explore")
 CLAIMS_EXIT = """exit status: 0 when no analytic verdict fails (engine verdicts are findings to explain, §8), 1 when one
 does (with --strict: when any verdict fails), 2 for bad input (no store at --db). NO DATA (rows absent) is no
 failure."""
+FILE_SUFFIXES = (".png", ".svg", ".pdf", ".csv", ".html", ".htm", ".json", ".parquet")  # not a folder's name
 ADVISE_EXIT = "exit status: 0; 1 when a --engine stream run fails; 2 for bad input (one line on stderr)"
 
 
@@ -34,6 +35,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     from stream_mla.figures import make_figures
 
+    if Path(args.output).suffix.lower() in FILE_SUFFIXES:
+        raise SpecError(f"-o/--output: figures writes a folder of PNG, SVG and CSV files; give a folder name, not "
+                        f"{short_path(args.output)}")  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     files = make_figures(load_table(args.db), Path(args.output))
     print(f"wrote {len(files)} files under {args.output}")
@@ -73,6 +77,8 @@ def cmd_advise(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from stream_mla.report import write_report
 
+    if Path(args.output).suffix.lower() not in (".html", ".htm"):
+        raise SpecError(f"-o/--output: report writes HTML; give a .html file name, not {short_path(args.output)}")
     out = write_report(load_table(args.db, include_failed=True), Path(args.figures), Path(args.output))
     print(f"wrote {out}")
 

@@ -264,3 +264,24 @@ def test_a_damaged_row_is_skipped_by_key_never_a_traceback(tmp_path, capsys, edi
     assert len(lines) == 1 and "damaged row" in lines[0] and key in lines[0] and edit.split()[0] in lines[0]
     code, _, err = run(capsys, "claims", "--db", db)
     assert code == 0 and "damaged row" in err and "Traceback" not in err
+
+
+# --- 5. an output whose name says another format -----------------------------------------------------------------
+
+
+def test_an_output_format_follows_its_suffix_and_a_contradiction_is_refused(tmp_path, capsys):
+    import pandas as pd
+
+    db = tmp_path / "r.sqlite"
+    assert run(capsys, "sweep", spec_file(tmp_path, SMALL), "--db", db, "-q")[0] == 0
+    line = one_line(capsys, 2, "results", "--db", db, "--format", "csv", "-o", tmp_path / "t.parquet")
+    assert "--format csv contradicts" in line and not (tmp_path / "t.parquet").exists()
+    assert "contradicts" in one_line(capsys, 2, "results", "--db", db, "--format", "parquet", "-o", tmp_path / "t.csv")
+    assert run(capsys, "results", "--db", db, "-o", tmp_path / "t.parquet")[0] == 0  # the suffix picks parquet
+    assert len(pd.read_parquet(tmp_path / "t.parquet")) == 4
+    assert run(capsys, "results", "--db", db, "-o", tmp_path / "t.txt")[0] == 0  # no format's suffix: csv
+    assert (tmp_path / "t.txt").read_text().startswith("key,status,")
+    line = one_line(capsys, 2, "report", "--db", db, "--figures", tmp_path / "none", "-o", tmp_path / "r.pdf")
+    assert "report writes HTML" in line and not (tmp_path / "r.pdf").exists()
+    line = one_line(capsys, 2, "figures", "--db", db, "-o", tmp_path / "f1.png")
+    assert "folder" in line and not (tmp_path / "f1.png").exists()

@@ -41,12 +41,29 @@ def summary_line(s: dict) -> str:
     return line
 
 
+SUFFIX_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def output_format(given: str | None, output: str | None) -> str:
+    """The export format: --format, else the one -o's suffix names, else csv; a --format that contradicts the
+    suffix (`--format csv -o t.parquet`) is refused rather than writing one format under the other's name."""
+    from stream_mla.sweeps.store import FORMATS
+
+    if given is not None and given not in FORMATS:
+        raise SpecError(f"--format: {excerpt(given)} (allowed: {', '.join(FORMATS)})")
+    suffix = Path(output).suffix.lower() if output not in (None, "-") else ""
+    implied = SUFFIX_FORMATS.get(suffix)
+    if given is not None and implied not in (None, given):
+        raise SpecError(f"--format {given} contradicts -o {short_path(output)} (a {implied} name): give a .{given} "
+                        "file or leave --format out")  # fmt: skip
+    return given or implied or "csv"
+
+
 def cmd_results(args: argparse.Namespace) -> None:
     from stream_mla.io import atomic
-    from stream_mla.sweeps.store import FORMATS, ResultStore
+    from stream_mla.sweeps.store import ResultStore
 
-    if args.format not in FORMATS:
-        raise SpecError(f"--format: {excerpt(args.format)} (allowed: {', '.join(FORMATS)})")
+    args.format = output_format(args.format, args.output)
     to_stdout = args.output in (None, "-")
     if args.format == "parquet" and to_stdout:
         raise SpecError("-o/--output: parquet needs an output file")
@@ -73,7 +90,7 @@ def add_commands(subparsers) -> None:
     sw.set_defaults(func=cmd_sweep)
     rs = subparsers.add_parser("results", help="export the results store as a tidy CSV or Parquet table")
     rs.add_argument("--db", default=DEFAULT_DB, help="SQLite results store (opened read-only)")
-    rs.add_argument("--format", default="csv", help="csv or parquet")
+    rs.add_argument("--format", help="csv or parquet (default: the one -o's suffix names, .csv or .parquet, else csv)")
     rs.add_argument("-o", "--output", help="output file, or - for stdout (default: stdout, csv only)")
     rs.add_argument("--include-failed", action="store_true", help="also the failed points, with their errors")
     rs.set_defaults(func=cmd_results)
