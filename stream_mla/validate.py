@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from stream_mla.engines import registry
-from stream_mla.errors import SpecError, first_error, read_document
+from stream_mla.errors import SpecError, excerpt, first_error, read_document, reject_bools
 from stream_mla.models import resolve_name_or_path
 from stream_mla.platforms import load_platform
 from stream_mla.workloads import WorkloadSpec, build, make_spec
@@ -40,6 +40,8 @@ class Point(BaseModel):
     precision: str | None = None
     kv_precision: str | None = None
 
+    _no_bools = model_validator(mode="before")(reject_bools)
+
 
 class Measurement(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,9 +52,11 @@ class Measurement(BaseModel):
     platform: str  # the preset standing for the GPU
     point: Point
     metric: Literal["GB/s", "TFLOP/s"]
-    value: float
+    value: float = Field(gt=0, allow_inf_nan=False)  # a rate: zero or negative is a typo, not a measurement
     bound: Literal["up to", "at"] = "at"
     source: str
+
+    _no_bools = model_validator(mode="before")(reject_bools)
 
     def workload(self) -> WorkloadSpec:
         p = self.point
@@ -82,12 +86,28 @@ class Validation:
 
 
 def load(path: str | Path = DATA) -> list[Measurement]:
+    """The measurements of a YAML file; a bad one is one line naming its position, id and field, and an id given
+    twice is refused (rows are told apart by id)."""
     doc = read_document(path, "measurements")
-    try:
-        return [Measurement(**m) for m in doc["measurements"]]
-    except (pydantic.ValidationError, KeyError, TypeError) as exc:
-        detail = first_error(exc).args[0] if isinstance(exc, pydantic.ValidationError) else "no 'measurements' list"
-        raise SpecError(f"{path}: {detail}") from None
+    items = doc.get("measurements") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise SpecError(f"{path}: no 'measurements' list")
+    out: list[Measurement] = []
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        name = item.get("id") if isinstance(item, dict) else None
+        where = f"{path}: measurements.{i}" + (f" (id {excerpt(name)})" if name is not None else "")
+        if not isinstance(item, dict):
+            raise SpecError(f"{where}: a mapping of field: value")
+        try:
+            m = Measurement(**item)
+        except pydantic.ValidationError as exc:
+            raise SpecError(f"{where}: {first_error(exc).args[0]}") from None
+        if m.id in first:
+            raise SpecError(f"{where}: id {m.id!r} is also measurements.{first[m.id]}'s; give each its own id")
+        first[m.id] = i
+        out.append(m)
+    return out
 
 
 def missing_effect(m: Measurement, ratio: float, bound: str, engine: str = "analytic", attained: float = 1.0) -> str:

@@ -5,6 +5,7 @@ their owners' defaults, platform values checked for physical sense, sweep specs 
 change nothing refused, and measured data checked before it is compared.
 """
 
+import copy
 import json
 import pickle
 import struct
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stream_mla import validate as validate_module
 from stream_mla.cli import main
 from stream_mla.engines import Hardware
 from stream_mla.engines import cost_cache as cc
@@ -296,3 +298,27 @@ def test_explore_axes_are_typed_and_each_value_once(tmp_path, capsys, doc, expec
     spec.write_text(yaml.safe_dump({**EXPLORE, **doc}))
     assert expect in one_line(capsys, "explore", spec, "-o", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# --- 6. validate --data --------------------------------------------------------------------------------------
+def measurements(tmp_path: Path, edit) -> Path:
+    doc = yaml.safe_load((Path(validate_module.__file__).parent / "data" / "measurements.yaml").read_text())
+    edit(doc["measurements"])
+    path = tmp_path / "data.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("value", [-3000, 0])
+def test_a_measured_value_must_be_positive(tmp_path, capsys, value):
+    """A negative rate gave a negative ratio, exit 0."""
+    path = measurements(tmp_path, lambda ms: ms[0].update(value=value))
+    line = one_line(capsys, "validate", "--data", path)
+    assert "measurements.0 (id 'flashmla-memory-bound'): value: Input should be greater than 0" in line
+
+
+def test_two_measurements_with_one_id_are_refused(tmp_path, capsys):
+    """Both rows were printed under one id, exit 0."""
+    path = measurements(tmp_path, lambda ms: ms.append({**copy.deepcopy(ms[0]), "value": 2000}))
+    line = one_line(capsys, "validate", "--data", path)
+    assert "id 'flashmla-memory-bound' is also measurements.0's" in line
