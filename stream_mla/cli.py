@@ -123,10 +123,14 @@ NEEDS = (
     ("causal", "--causal", lambda a: a.platform is not None, f"{ONLY} --platform (it changes the roofline only)"),
     ("root", "--root", lambda a: a.write, f"{ONLY} --write"),
     ("workers", "--workers", lambda a: a.dask is None, "has no effect with --dask (the cluster has its own workers)"),
+    ("timeout", "--timeout", lambda a: a.engine != "analytic", "has no effect with --engine analytic (no engine "
+     "process: it computes in this one, at once)"),
+    ("workdir", "--workdir", lambda a: a.engine != "analytic", "has no effect with --engine analytic (it writes no "
+     "engine files)"),
 )  # fmt: skip
 # What a command without one of the options above is taken to have, for the rules.
 ABSENT = {"hardware": None, "hf_config": None, "platform": None, "dask": None, "reference_set": False,
-          "weights": None, "write": False}  # fmt: skip
+          "weights": None, "write": False, "engine": None}  # fmt: skip
 
 # Where each command writes, checked by one policy before it runs (stream_mla.io): dest -> (flag, kind). The
 # results store checks the rest itself when it opens (a read-only store is its own message).

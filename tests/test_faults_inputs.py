@@ -322,3 +322,21 @@ def test_two_measurements_with_one_id_are_refused(tmp_path, capsys):
     path = measurements(tmp_path, lambda ms: ms.append({**copy.deepcopy(ms[0]), "value": 2000}))
     line = one_line(capsys, "validate", "--data", path)
     assert "id 'flashmla-memory-bound' is also measurements.0's" in line
+
+
+# --- 5. options that change nothing are refused ---------------------------------------------------------------
+LITE_RUN = ["run", "--model", "deepseek-v2-lite", "--scheme", "mla-absorb", "--context", "64", "--platform", "edge-npu"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--timeout", "5"), ("--workdir", "kept")])
+def test_engine_process_options_with_the_analytic_engine_are_refused(tmp_path, capsys, monkeypatch, flag, value):
+    """The analytic engine computes in this process and writes no files: a timeout or a workdir was ignored, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    line = one_line(capsys, *LITE_RUN, "--engine", "analytic", flag, value)
+    assert line.startswith(f"stream-mla: error: {flag}: has no effect with --engine analytic")
+    assert not any(tmp_path.iterdir())
+
+
+def test_engine_process_options_apply_to_an_engine_process(tmp_path, capsys):
+    code, _ = cli(capsys, *LITE_RUN, "--engine", "zigzag", "--timeout", "300", "--workdir", tmp_path / "kept")
+    assert code == 0 and any((tmp_path / "kept").iterdir())
