@@ -270,7 +270,9 @@ def format_advice(advice: Sequence[Advice]) -> str:
     lines = [f"{a.model} {a.phase} B={a.batch} {axis}={a.context} {a.precision} on {a.platform} "
              f"(peak {a.peak_flop_per_s / 1e12:.4g} TFLOP/s, DRAM {a.dram_bytes_per_s / 1e9:.4g} GB/s, ridge "
              f"{_g(a.ridge)} FLOP/B)",
-             "ranked by analytic roofline latency per layer and step; energy first-order (MACs and DRAM bits)",
+             "ranked by the overlapped roofline latency per layer and step (a device that runs the steps in turn "
+             "attains the serial roofline: run --engine analytic --strategy serial); energy first-order (MACs and "
+             "DRAM bits)",
              f"{'rank':<5}{'scheme':<17}{'latency ms':>11}{'energy mJ':>11}  {'bound':<8}{'OI FLOP/B':>10}  "
              "margin"]  # fmt: skip
     for x in advice:

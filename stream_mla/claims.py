@@ -92,6 +92,9 @@ class Check:
     evidence: tuple[Evidence, ...] = ()
     reason: str = ""  # a FAIL's one-sentence explanation, from the rows
     note: str = ""  # context computed from the rows (e.g. which reference an engine's bytes match)
+    # an engine check judged on the serial model (§8.0): the quantity on the overlapped roofline and on the serial one
+    overlapped: float | None = None
+    serial: float | None = None
 
 
 @dataclass(frozen=True)
@@ -137,9 +140,10 @@ def _excess(m: float, p: float, relation: str) -> float:
 
 def _check(claim: str, quantity: str, engine: str, measured, predicted, relation: str = "≈", tol: float = TOL,
            evidence: Iterable[Evidence] = (), reason: str | Callable[[], str] = "", note: str = "",
-           detail: Callable[[], str] | None = None) -> Check:  # fmt: skip
+           detail: Callable[[], str] | None = None, models: tuple[float, float] | None = None) -> Check:  # fmt: skip
     """The record, its verdict from (measured, predicted, relation, tol); on FAIL the reason is kept (or computed)
-    and `detail` (an engine row's full diagnostics) becomes the note."""
+    and `detail` (an engine row's full diagnostics) becomes the note. models: the quantity on the overlapped and on
+    the serial roofline, for an engine check judged on the serial model."""
     predicted = tuple(map(float, predicted)) if isinstance(predicted, tuple) else float(predicted)
     if isinstance(predicted, tuple) and predicted[0] == predicted[1]:
         predicted = predicted[0]
@@ -148,8 +152,10 @@ def _check(claim: str, quantity: str, engine: str, measured, predicted, relation
     verdict = NO_DATA if m is None else PASS if holds(m, predicted, relation, tol) else FAIL
     why = "" if verdict != FAIL else reason() if callable(reason) else reason
     note = detail() if verdict == FAIL and detail else note
+    finite = models is not None and all(np.isfinite(models))
+    overlapped, serial = (float(models[0]), float(models[1])) if finite else (None, None)
     c = Check(claim, STATEMENTS[claim], quantity, engine, m, predicted, relation, tol, verdict, tuple(evidence),
-              why, note)  # fmt: skip
+              why, note, overlapped, serial)  # fmt: skip
     return c if verdict != FAIL or why else _with_default_reason(c)
 
 
@@ -492,7 +498,7 @@ def _c3a_engine(r: pd.Series) -> Check:
         predicted, "≈", tol, evidence=_pair_evidence(r, "mla-recompute", "mla-absorb"),
         reason=lambda: f"{r['engine']} recompute takes {ratio:.2f}x absorb's time {side}, where the serial model "
         f"predicts {serial:.2f}x (recompute {r['why_x']}; absorb {r['why_y']}).",
-        note=execution_finding("T_rc/T_abs", overlapped, serial),
+        note=execution_finding("T_rc/T_abs", overlapped, serial), models=(overlapped, serial),
     )  # fmt: skip
 
 
@@ -564,7 +570,7 @@ def _pair_engine(cid: str, r: pd.Series) -> Check:
         v if np.isfinite(serial) else None, 1.0, relation, 0.0, evidence=_pair_evidence(r, x, y),
         reason=lambda: f"{r['engine']}: {short(y if x_pred else x)} wins on {_at(r)} against the serial model's "
         f"{serial:.2f} ({short(x)} {r['why_x']}; {short(y)} {r['why_y']}).",
-        note=execution_finding(what, overlapped, serial),
+        note=execution_finding(what, overlapped, serial), models=(overlapped, serial),
     )  # fmt: skip
 
 
@@ -606,7 +612,7 @@ def _c4_growth_of(s: str, t1: pd.Series, t32: pd.Series, engine: str, platform: 
                   (_ev(t1, "latency_s"), _ev(t32, "latency_s")),
                   reason=f"{engine} {short(s)} grows {v:.2f}x from L=1k to 32k on {platform}, the serial model "
                   f"{serial:.2f}x (at 32k: {_headline(t32)}).",
-                  note=execution_finding("T(32k)/T(1k)", overlapped, serial),
+                  note=execution_finding("T(32k)/T(1k)", overlapped, serial), models=(overlapped, serial),
                   detail=lambda: f"L=1k {_util(t1)}; L=32k {_util(t32)}")  # fmt: skip
 
 

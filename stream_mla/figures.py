@@ -142,6 +142,7 @@ def _save(fig: Figure, data: pd.DataFrame, out_dir: Path, stem: str) -> list[Pat
 def _scheme_handles(schemes: Iterable[str], engines: Iterable[str] = ()) -> list:
     handles = [Line2D([], [], color=registry.color(s), lw=1.5, label=registry.label(s)) for s in schemes]
     handles += [Line2D([], [], color="k", lw=0.8, label="analytic roofline")] if engines else []
+    handles += [Line2D([], [], color="k", lw=0.8, ls="--", label="serial roofline (§8.0)")] if engines else []
     return handles + [Line2D([], [], color="k", marker=MARKERS.get(e, "D"), ls="", label=e) for e in engines]
 
 
@@ -163,18 +164,27 @@ def _legend_right(fig: Figure, handles: list, title: str | None = None, width: f
 
 
 def _lines_and_markers(ax, d: pd.DataFrame, x: str, y: str, xscale: float = 1.0, yscale: float = 1.0) -> list[dict]:
-    """Analytic rows as thin lines, engine rows as markers, one colour per scheme; returns the plotted points."""
+    """Analytic rows as thin lines, engine rows as markers, one colour per scheme, and where engine latencies are
+    drawn their serial roofline (§8.0, the reference of a step-by-step engine) as a dashed line; returns the plotted
+    points."""
     recs = []
+    serial = y == "latency_s" and "serial_bound_s" in d
     for s in ordered(d["scheme"].unique(), SCHEMES):
         ds = d[d["scheme"] == s]
         for eng in ordered(ds["engine"].unique(), ("analytic", *ENGINES)):
-            g = ds[ds["engine"] == eng].groupby(x, as_index=False)[y].first().sort_values(x)
+            cols = [y, "serial_bound_s"] if serial and eng != "analytic" else [y]
+            g = ds[ds["engine"] == eng].groupby(x, as_index=False)[cols].first().sort_values(x)
             xs, ys = g[x].to_numpy(float) * xscale, g[y].to_numpy(float) * yscale
             if eng == "analytic":
                 ax.plot(xs, ys, color=registry.color(s), lw=1.0)
             else:
                 ax.plot(xs, ys, color=registry.color(s), marker=MARKERS.get(eng, "D"), ls="", ms=6, mec="k", mew=0.5)
+            if len(cols) > 1 and g["serial_bound_s"].notna().any():
+                ax.plot(xs, g["serial_bound_s"].to_numpy(float) * yscale, color=registry.color(s), lw=0.8, ls="--")
             recs += [{"scheme": s, "engine": eng, x: a, y: b} for a, b in zip(g[x], g[y], strict=True)]
+            if len(cols) > 1:
+                recs += [{"scheme": s, "engine": f"{eng} serial roofline", x: a, y: b}
+                         for a, b in zip(g[x], g["serial_bound_s"], strict=True) if pd.notna(b)]  # fmt: skip
     return recs
 
 
@@ -265,6 +275,7 @@ def latency_energy_data(df: pd.DataFrame) -> pd.DataFrame:
                 r = ds[ds["engine"] == src].iloc[0]
                 recs.append({"batch": b, "platform": p, "model": r["model"], "scheme": s, "source": src,
                              "latency_s": r["latency_s"], "roofline_s": float(r["roofline_s"]),
+                             "serial_bound_s": float(r.get("serial_bound_s") or np.nan),
                              **{f"energy_{k}_pj": v for k, v in _energy_parts(r).items()}, "energy_pj": r["energy_pj"],
                              "analytic_energy_pj": float(ana["energy_pj"].iloc[0]) if len(ana) else np.nan,
                              "mha_analytic_energy_pj": mha_e})  # fmt: skip
@@ -291,6 +302,8 @@ def draw_latency_energy(data: pd.DataFrame, axes: np.ndarray) -> None:
             xi, c, meas = x[(r["platform"], r["scheme"])], registry.color(r["scheme"]), r["source"] != "analytic"
             ax_t.bar(xi, r["latency_s"] * 1e3, width, color=c, alpha=0.85 if meas else 0.45, edgecolor=c)
             ax_t.hlines(r["roofline_s"] * 1e3, xi - width / 2, xi + width / 2, color="k", lw=0.8)
+            if meas and np.isfinite(r["serial_bound_s"]):  # a step-by-step engine's reference (§8.0)
+                ax_t.hlines(r["serial_bound_s"] * 1e3, xi - width / 2, xi + width / 2, color="k", lw=0.8, ls="--")
             unit, bottom = r["mha_analytic_energy_pj"], 0.0
             for key, _, hatch in ENERGY_PARTS:
                 v = float(r[f"energy_{key}_pj"]) / unit
@@ -322,6 +335,7 @@ def fig_latency_energy(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     handles += [Patch(facecolor="grey", alpha=0.85 if k == "dram" else 0.4, hatch=h, edgecolor="k", label=lab)
                 for k, lab, h in ENERGY_PARTS]  # fmt: skip
     handles += [Line2D([], [], color="k", lw=0.8, label="analytic roofline / analytic energy")]
+    handles += [Line2D([], [], color="k", lw=0.8, ls="--", label="serial roofline (§8.0)")]
     handles += [Line2D([], [], color="k", marker=MARKERS[e], ls="", label=e) for e in ENGINES]
     fig.legend(handles=handles, loc="center right", fontsize=9, frameon=False)
     fig.suptitle(f"F2: latency and energy per layer-step, decode L = {L_DECODE} ({BASELINE_NOTE}); "

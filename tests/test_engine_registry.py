@@ -26,7 +26,7 @@ import closed_forms as cf
 
 LITE = MODELS["deepseek-v2-lite"]
 STRATEGIES = ("keep-softmax", "per-layer", "fixed-mapping", "fused-attention", "default-fusion")
-SWEEP_NAMES = ("analytic", "analytic:serial", "zigzag", "stream", *(f"stream:{s}" for s in STRATEGIES))  # stored engines
+SWEEP_NAMES = ("analytic", "analytic:serial", "zigzag", "stream", *(f"stream:{s}" for s in STRATEGIES))
 
 
 def test_the_registry_lists_every_engine_with_its_properties():

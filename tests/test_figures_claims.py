@@ -284,7 +284,10 @@ def test_claims_records_are_json(table):
     records = to_json(r)
     assert json.loads(json.dumps(records)) == json.loads(json.dumps(records, allow_nan=False))
     assert set(records[0]) == {"claim", "statement", "quantity", "engine", "measured", "predicted", "relation",
-                               "tolerance", "verdict", "evidence", "reason", "note"}  # fmt: skip
+                               "tolerance", "verdict", "evidence", "reason", "note", "overlapped",
+                               "serial"}  # fmt: skip
+    judged = [x for x in records if x["serial"] is not None]  # engine checks judged on the serial model
+    assert judged and all(x["engine"] != "analytic" and x["overlapped"] is not None for x in judged)
     assert {x["verdict"] for x in records} <= {"PASS", "FAIL", "NO DATA"}
 
 
@@ -304,6 +307,12 @@ def test_report_answers_first(table, figures, tmp_path):
     assert re.search(r">h100-like</td><td>deepseek-v3</td><td>1</td><td>absorb \((memory|compute); ", answers)
     assert ">h100-like</td><td>deepseek-v3</td><td>1</td><td>4096</td><td>absorb</td>" in answers
     assert text.index("<details><summary>C1") > first_figure  # the evidence, collapsed, after the figures
+    # before the figures: what the serial model predicts against what the engine measured (the synthetic rows are
+    # 1.02x their serial roofline); h20-like absorb's growth is the execution finding (1.62 serial, 1.10 overlapped)
+    execution = text[text.index("<h2>What the serial model predicts") : first_figure]
+    assert "take 1.02-1.02x (median 1.02x) the serial roofline" in execution
+    assert re.search(r"<td>C4</td><td>stream</td><td>T\(32k\)/T\(1k\) of absorb on h20-like[^<]*</td>"
+                     r"<td>1\.(09|10)\d*</td><td>1.62\d*</td><td>1.6\d*</td><td>PASS</td>", execution)  # fmt: skip
     swept = text[text.index("<h2>Platforms swept</h2>") : text.index("<h2>Models swept</h2>")]
     assert all(p in swept for p in ("h100-like", "h20-like", "cloud-fusemax"))
     assert "edge-npu" not in swept and "tpu-v5e-like" not in swept  # presets never swept are not listed
