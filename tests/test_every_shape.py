@@ -1,6 +1,7 @@
-"""No cliffs off the grid: Stream at a seeded context between two grid points (odd batch) runs the same strategy as
-its neighbours, stays within 5 % of the interpolation of their ratios to the roofline, never below either bound, and
-moves the analytic bytes plus the counted padding."""
+"""No cliffs off the grid: Stream at a seeded context between two grid points (odd batch) runs every strategy its
+neighbours ran (fused attention included; where strategies come within a few percent the winner may differ), stays
+within 5 % of the interpolation of their ratios to the roofline, never below either bound, and moves the analytic
+bytes plus the counted padding."""
 
 import math
 import random
@@ -28,7 +29,12 @@ def test_an_off_grid_point_follows_its_grid_neighbours(model, scheme, platform, 
     (below, r_lo), (above, r_hi), (mid, r_mid) = run(lo), run(hi), run(context)
     share = math.log(context / lo) / math.log(hi / lo)
     expected = r_lo + share * (r_hi - r_lo)
-    assert mid.strategy == below.strategy == above.strategy
+
+    def ran(r):
+        return {name for name, rec in r.strategies.items() if rec["status"] == "ok"}
+
+    assert ran(mid) >= ran(below) & ran(above)  # nothing that ran on the grid is refused off it
+    assert "fused-attention" in ran(mid)
     assert r_mid == pytest.approx(expected, rel=0.05), (context, r_lo, r_mid, r_hi)
     assert r_mid >= 1.0 and mid.latency_s >= mid.serial_bound_s
     assert mid.engine_dram_bytes == pytest.approx(mid.dram_bytes + mid.pad_bytes, rel=0.05)

@@ -209,7 +209,10 @@ def test_spec_points_keep_their_order_dedup_and_errors():
     with pytest.raises(SpecError, match=r"sweeps\.0 \(mistral-7b mla-absorb decode B=1 L=512 on h100-like\): "):
         SweepSpec.from_dict(doc)
     doc["sweeps"][0]["models"] = ["deepseek-v2-lite"]
-    doc["sweeps"][0]["schemes"] = ["mha", "mla-absorb", "mla-reuse"]
+    doc["sweeps"][0]["schemes"] = ["mha", "mla-absorb", "mla-reuse"]  # an alias beside its scheme: listed twice
+    with pytest.raises(SpecError, match="'mla-absorb' is listed twice"):
+        SweepSpec.from_dict(doc)
+    doc["sweeps"][0]["schemes"] = ["mha", "mla-absorb"]  # the second block repeats a point of the first
     spec = SweepSpec.from_dict(doc)
     seen = {}
     for block in spec.sweeps:
@@ -224,7 +227,7 @@ def test_spec_points_keep_their_order_dedup_and_errors():
         assert list(spec.keyed_points()) == [p.key() for p in before] != list(seen)
     assert list(spec.keyed_points()) == list(seen)
     doc["sweeps"][0]["context"] = [1]  # queries 2 over a cache of 1: the first such point, by name
-    with pytest.raises(SpecError, match=r"sweeps\.0 \(deepseek-v2-lite mha decode B=1 L=1 on h100-like\): --queries"):
+    with pytest.raises(SpecError, match=r"sweeps\.0 \(deepseek-v2-lite mha decode B=1 L=1 on h100-like\): queries: "):
         SweepSpec.from_dict(doc)
 
 

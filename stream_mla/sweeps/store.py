@@ -43,7 +43,7 @@ DEFAULT_DB = "results/results.sqlite"
 
 INT_COLUMNS = ("batch", "context", "queries", "window", "kv_chunks", "kv_heads", "macs", "macs_causal",
                "weight_bytes", "kv_read_bytes", "kv_write_bytes", "activation_bytes", "dram_bytes",
-               "layer_by_layer_bytes")  # fmt: skip
+               "layer_by_layer_bytes", "pad_macs", "pad_bytes")  # fmt: skip
 TEXT_COLUMNS = ("key", "status", "error", "model", "scheme", "phase", "part", "precision", "kv_precision",
                 "act_precision", "platform", "engine", "engine_version", "strategy", "bound", "warnings", "strategies",
                 "hotspot", "excess_step", "lag_step", *DIGESTS)  # fmt: skip
