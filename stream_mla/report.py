@@ -172,7 +172,7 @@ def current_figures(figures_dir: Path | None, ok: pd.DataFrame) -> list[Path]:
     folder = Path(figures_dir) if figures_dir else None
     if folder is None or not folder.is_dir():
         return []
-    stamp, again = read_stamp(folder), f"run `stream-mla figures` with the same --db and -o {short_path(folder)} first"
+    stamp, again = read_stamp(folder), "run `stream-mla figures` with the same --db and -o first"
     if stamp is None:
         if any(folder.glob("F*.png")):
             raise SpecError(f"--figures: {short_path(folder)} holds figures without a {STAMP} record of the rows "

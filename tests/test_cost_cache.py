@@ -23,15 +23,6 @@ from stream_mla.workloads.graph import GraphBuilder
 EDGE = PRESETS["edge-npu"]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv(cc.CACHE_ENV, str(root))
-    cc.STATS.clear()
-    zr.clear_memo()
-    return root
-
-
 def mlp_graph(path: Path, m: int = 1, d: int = 1024, f: int = 2048) -> Path:
     """y = (x[1,m,d] @ W1[d,f]) @ W2[f,d]: two MatMuls of different shapes, bf16."""
     b = GraphBuilder("bf16")

@@ -3,40 +3,21 @@
 Real stores, real folders, the real CLI (in-process through `main`, as the user runs it); no mocks.
 """
 
-import contextlib
 import json
 import os
 import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from test_hardening import SMALL, one_line, read_only, run
 
-from stream_mla.cli import main
 from stream_mla.platforms import PRESETS
 from stream_mla.sweeps.points import DIGESTS, ROW_COLUMNS
 from stream_mla.sweeps.runner import run_sweep
 from stream_mla.sweeps.spec import load_sweep
 from stream_mla.sweeps.store import ResultStore
-
-SMALL = {"models": ["deepseek-v2-lite"], "schemes": ["mha", "mla-absorb"], "context": [512, 1024],
-         "platforms": ["edge-npu"]}  # fmt: skip
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(capsys, code: int, *argv) -> str:
-    """Run the CLI; assert the exit code and exactly one line on stderr, no traceback; return that line."""
-    got, _, err = run(capsys, *argv)
-    lines = err.strip().splitlines()
-    assert got == code and len(lines) == 1 and "Traceback" not in err, (got, err)
-    return lines[0]
 
 
 def spec_file(tmp_path: Path, *blocks: dict, name: str = "spec.yaml") -> Path:
@@ -51,34 +32,6 @@ def exported(capsys, db: Path, *extra) -> tuple[list[dict], str]:
     assert code == 0, err
     head, *lines = out.splitlines()
     return [dict(zip(head.split(","), line.split(","), strict=False)) for line in lines], err
-
-
-@contextlib.contextmanager
-def read_only(folder: Path):
-    """`folder` and its files made read-only: as root (whom file modes do not stop) a tmpfs remounted ro,
-    else chmod."""
-    if os.geteuid() != 0:
-        files = list(folder.iterdir())
-        for f in files:
-            f.chmod(0o444)
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-            for f in files:
-                f.chmod(0o644)
-        return
-    content = {f.name: f.read_bytes() for f in folder.iterdir()}
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("a read-only folder needs a tmpfs mount as root")
-    try:
-        for name, data in content.items():
-            (folder / name).write_bytes(data)
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 # --- 1. an edited platform YAML or model config, swept again into the same store ---------------------------------

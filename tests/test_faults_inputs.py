@@ -32,15 +32,6 @@ EDGE = PRESETS["edge-npu"]
 LITE = MODELS["deepseek-v2-lite"]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv(cc.CACHE_ENV, str(root))
-    cc.STATS.clear()
-    zr.clear_memo()
-    return root
-
-
 def small_graph(tmp_path: Path) -> Path:
     """One MHA decode layer at L = 64: ZigZag costs it in ~2 s, Stream in ~10 s."""
     return export(make_spec(model=LITE, scheme="mha", phase="decode", batch=1, context=64), tmp_path / "g.onnx")
