@@ -218,3 +218,18 @@ def test_zigzag_costs_every_mac_of_a_split_graph(tmp_path):
                  "edge-npu", "zigzag", workdir=tmp_path)  # fmt: skip
     assert len(r.warnings) == 1 and r.warnings[0].startswith("ZigZag costs MatMul only") and "Exp x2" in r.warnings[0]
     assert sum(n.macs for n in r.nodes) == r.macs and r.latency_s >= r.roofline_bound_s
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32", "int8", "fp8"])
+def test_a_padded_graph_exports_at_every_precision(precision):
+    """The mask is a constant of the graph's element type (1-byte graphs mask with the type's minimum); it is no
+    DRAM traffic: the padded graph's bytes are the closed form's at C*ceil(T/C) keys."""
+    m = MODELS["deepseek-v2-lite"]
+    spec = make_spec(model=m, scheme="mla-absorb", context=257, kv_chunks=4, precision=precision,
+                     act_precision=precision)  # fmt: skip
+    c = count(build(spec))
+    assert c["pad_keys"] == 3 and spec.graph_keys == 260
+    e = c["elements"]
+    assert cf.Forms(c["macs"], e["weights"], e["kv_read"], e["kv_write"], e["activations"]) == cf.decode(
+        m, "mla-absorb", 1, 260
+    )

@@ -24,6 +24,7 @@ the suffixes of Stream's own Softmax pieces.
 import math
 
 import numpy as np
+from onnx import TensorProto
 
 from stream_mla.models import BYTES_PER_ELEMENT
 from stream_mla.workloads.graph import GraphBuilder
@@ -103,7 +104,7 @@ def pad_mask(b: GraphBuilder, scores: str, pad: int) -> str:
     kernel's index comparison: the counts leave it out of the DRAM bytes."""
     *_, c, _, tc = b.shapes[scores]
     mask = np.zeros(c * tc, dtype=np.float32)
-    mask[c * tc - pad :] = MASK_VALUE
+    mask[c * tc - pad :] = MASK_VALUE if b.dtype != TensorProto.INT8 else np.iinfo(np.int8).min  # 1-byte graphs
     return b.add("chunk_mask", scores, b.constant(MASK, mask.reshape(c, 1, tc), np.float32))
 
 
