@@ -289,8 +289,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"{spec.slug} on {hw.name} ({args.engine}, strategy {doc['strategy']}, {doc['engine_wall_s']:.1f} s)")
     print(
         f"latency {doc['latency_cycles']:,.0f} cycles = {doc['latency_s'] * 1e3:.4g} ms "
-        f"({doc['roofline_ratio']:.2f}x the {doc['bound']}-bound roofline {doc['roofline_bound_s'] * 1e3:.4g} ms)"
-    )
+        f"({doc['roofline_ratio']:.2f}x the {doc['bound']}-bound roofline {doc['roofline_bound_s'] * 1e3:.4g} ms"
+        + (f", {doc['serial_ratio']:.2f}x the serial roofline {doc['serial_bound_s'] * 1e3:.4g} ms)"
+           if doc["serial_ratio"] else ")")
+    )  # fmt: skip
     print(f"energy {doc['energy_pj'] / 1e9:.4g} mJ: " + ", ".join(
         f"{k} {v / 1e9:.4g} mJ" for k, v in doc["energy_breakdown_pj"].items()))  # fmt: skip
     print(f"DRAM: engine {doc['engine_dram_bytes'] / 1e6:.4g} MB, analytic {doc['dram_bytes'] / 1e6:.4g} MB; "
