@@ -291,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         f"latency {doc['latency_cycles']:,.0f} cycles = {doc['latency_s'] * 1e3:.4g} ms "
         f"({doc['roofline_ratio']:.2f}x the {doc['bound']}-bound roofline {doc['roofline_bound_s'] * 1e3:.4g} ms"
         + (f", {doc['serial_ratio']:.2f}x the serial roofline {doc['serial_bound_s'] * 1e3:.4g} ms)"
-           if doc["serial_ratio"] else ")")
+           if doc.get("serial_ratio") else ")")
     )  # fmt: skip
     print(f"energy {doc['energy_pj'] / 1e9:.4g} mJ: " + ", ".join(
         f"{k} {v / 1e9:.4g} mJ" for k, v in doc["energy_breakdown_pj"].items()))  # fmt: skip
