@@ -147,7 +147,9 @@ class AnalyticEngine:
             raise SpecError(
                 f"--engine {self.name} needs a platform spec (--platform), not a raw Stream --hardware YAML"
             )
-        graph = build(spec) if isinstance(spec, WorkloadSpec) else onnx.load(str(spec), load_external_data=False)
+        graph = None
+        if counts is None or strategy == SERIAL:  # the graph only where the counts or the serial steps need it
+            graph = build(spec) if isinstance(spec, WorkloadSpec) else onnx.load(str(spec), load_external_data=False)
         if counts is None:
             counts = count(graph)
         r = roofline(counts, p.peak_mac_per_s, p.dram_bytes_per_s)
