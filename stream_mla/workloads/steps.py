@@ -19,7 +19,8 @@ from pathlib import Path
 import onnx
 import yaml
 
-from stream_mla.workloads.counts import step_counts
+from stream_mla.models import BYTES_PER_ELEMENT
+from stream_mla.workloads.counts import metadata, step_counts
 from stream_mla.workloads.graph import COPY_TAG
 
 Graph = onnx.ModelProto | str | Path
@@ -202,13 +203,11 @@ def serial_roofline_s(graph: Graph, peak_flop_per_s: float, dram_bytes_per_s: fl
     step_of = reference_steps(model)
     per_step = {k: list(v) for k, v in step_counts(model, step_of).items()}
     _, _, producer = _graph_nodes(model)
-    meta = {p.key: p.value for p in model.metadata_props}
-    written = yaml.safe_load(meta.get("stream_mla.kv_write", "[]")) or []
-    widths = {"bf16": 2, "fp32": 4, "int8": 1, "fp8": 1}
+    written = metadata(model).get("kv_write", [])
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.value_info}
     for tensor, copies, *precision in written:
         node = producer[tensor].name
-        per_step[step_of.get(node, node)][1] += math.prod(shapes[tensor]) * copies * widths[precision[0]]
+        per_step[step_of.get(node, node)][1] += math.prod(shapes[tensor]) * copies * BYTES_PER_ELEMENT[precision[0]]
     return sum(max(2 * macs / peak_flop_per_s, nbytes / dram_bytes_per_s) for macs, nbytes in per_step.values())
 
 
